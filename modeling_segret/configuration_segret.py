@@ -1,0 +1,196 @@
+# Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
+"""SegRet model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers.backbone_utils import BackboneConfigMixin
+from transformers.configuration_utils import PreTrainedConfig
+
+RETENTION_MODES = ("decomposed", "global")
+
+# The paper's four variants (SPEC §2): RMT-T/S/B/L backbones; decoder width 512 for Large.
+SEGRET_VARIANTS: dict[str, dict] = {
+    "tiny": {
+        "embed_dims": [64, 128, 256, 512],
+        "depths": [2, 2, 8, 2],
+        "num_heads": [4, 4, 8, 16],
+        "decay_head_ranges": [4.0, 4.0, 6.0, 6.0],
+        "mlp_ratios": [3.0, 3.0, 3.0, 3.0],
+        "retention_modes": ["decomposed", "decomposed", "global", "global"],
+        "use_layer_scale": [False, False, False, False],
+        "drop_path_rate": 0.1,
+        "decoder_hidden_size": 256,
+    },
+    "small": {
+        "embed_dims": [64, 128, 256, 512],
+        "depths": [3, 4, 18, 4],
+        "num_heads": [4, 4, 8, 16],
+        "decay_head_ranges": [4.0, 4.0, 6.0, 6.0],
+        "mlp_ratios": [4.0, 4.0, 3.0, 3.0],
+        "retention_modes": ["decomposed", "decomposed", "decomposed", "global"],
+        "use_layer_scale": [False, False, False, False],
+        "drop_path_rate": 0.15,
+        "decoder_hidden_size": 256,
+    },
+    "base": {
+        "embed_dims": [80, 160, 320, 512],
+        "depths": [4, 8, 25, 8],
+        "num_heads": [5, 5, 10, 16],
+        "decay_head_ranges": [5.0, 5.0, 6.0, 6.0],
+        "mlp_ratios": [4.0, 4.0, 3.0, 3.0],
+        "retention_modes": ["decomposed", "decomposed", "decomposed", "global"],
+        "use_layer_scale": [False, False, True, True],
+        "drop_path_rate": 0.4,
+        "decoder_hidden_size": 256,
+    },
+    "large": {
+        "embed_dims": [112, 224, 448, 640],
+        "depths": [4, 8, 25, 8],
+        "num_heads": [7, 7, 14, 20],
+        "decay_head_ranges": [6.0, 6.0, 6.0, 6.0],
+        "mlp_ratios": [4.0, 4.0, 3.0, 3.0],
+        "retention_modes": ["decomposed", "decomposed", "decomposed", "global"],
+        "use_layer_scale": [False, False, True, True],
+        "drop_path_rate": 0.5,
+        "decoder_hidden_size": 512,
+    },
+}
+
+# Written into every saved config.json (with the code files) once the classes are registered for the Auto API,
+# so a saved folder loads with `trust_remote_code=True` where this package is not installed.
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_segret.SegRetConfig",
+    "AutoModel": "modeling_segret.SegRetModel",
+    "AutoBackbone": "modeling_segret.SegRetBackbone",
+    "AutoModelForSemanticSegmentation": "modeling_segret.SegRetForSemanticSegmentation",
+}
+
+
+@strict
+class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
+    r"""
+    Configuration of a SegRet model: an RMT (Vision RetNet) backbone and SegRet's lightweight residual decoder.
+    The defaults are SegRet-Tiny (RMT-T backbone) with the ADE20K decoder width.
+
+    Args:
+        num_channels (`int`, defaults to 3): Input image channels.
+        embed_dims (`list[int]`): Channels of each backbone stage.
+        depths (`list[int]`): Number of retention blocks per stage.
+        num_heads (`list[int]`): Retention heads per stage; must divide the stage's channels into an even head size.
+        decay_init_values (`list[float]`): Per stage, the `init_value` of the decay rates
+            `gamma_n = 1 - 2 ** (-init_value - head_range * n / num_heads)` of head `n`.
+        decay_head_ranges (`list[float]`): Per stage, the `head_range` of the formula above.
+        mlp_ratios (`list[float]`): FFN hidden size as a multiple of the stage's channels.
+        retention_modes (`list[str]`): Per stage, `"decomposed"` (retention along rows, then columns; linear cost;
+            the official code's `chunkwise_recurrent=True`) or `"global"` (all tokens with the 2-D Manhattan decay).
+        use_layer_scale (`list[bool]`): Per stage, whether blocks scale their residual branches by learned vectors.
+        layer_scale_init_value (`float`): Initial value of those vectors.
+        drop_path_rate (`float`): Stochastic depth, increasing linearly from 0 over all blocks.
+        ffn_depthwise_conv (`bool`): The 3x3 depth-wise convolution inside each FFN. The released RMT ImageNet
+            checkpoints have it; the paper's Base/Large parameter counts were measured without it.
+        decoder_hidden_size (`int`): The decoder width C.
+        decoder_dropout (`float`): Dropout2d rate before the classifier.
+        initializer_range (`float`): Std of the truncated normal initialisation of linear layers.
+        semantic_loss_ignore_index (`int`): Label value ignored by the loss.
+        loss_average_over_all_pixels (`bool`): Divide the summed cross-entropy by all label pixels, ignored ones
+            included (MMSegmentation's default `avg_non_ignore=False`, used by the paper), instead of by the
+            labelled pixels only (PyTorch's default).
+        out_features / out_indices: Stages returned by [`SegRetBackbone`] (default: the four stage maps), among
+            `stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]`.
+
+    Example:
+    ```python
+    >>> from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation
+    >>> config = SegRetConfig(num_labels=150)
+    >>> model = SegRetForSemanticSegmentation(config)
+    ```"""
+
+    model_type = "segret"
+    attribute_map = {"num_hidden_layers": "num_stages"}
+
+    num_channels: int = 3
+    embed_dims: list[int] | tuple[int, ...] = (64, 128, 256, 512)
+    depths: list[int] | tuple[int, ...] = (2, 2, 8, 2)
+    num_heads: list[int] | tuple[int, ...] = (4, 4, 8, 16)
+    decay_init_values: list[float] | tuple[float, ...] = (2.0, 2.0, 2.0, 2.0)
+    decay_head_ranges: list[float] | tuple[float, ...] = (4.0, 4.0, 6.0, 6.0)
+    mlp_ratios: list[float] | tuple[float, ...] = (3.0, 3.0, 3.0, 3.0)
+    retention_modes: list[str] | tuple[str, ...] = ("decomposed", "decomposed", "global", "global")
+    use_layer_scale: list[bool] | tuple[bool, ...] = (False, False, False, False)
+    layer_scale_init_value: float = 1e-6
+    drop_path_rate: float = 0.1
+    ffn_depthwise_conv: bool = True
+    decoder_hidden_size: int = 256
+    decoder_dropout: float = 0.1
+    initializer_range: float = 0.02
+    semantic_loss_ignore_index: int = 255
+    loss_average_over_all_pixels: bool = False
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        out_features = kwargs.pop("out_features", None)
+        out_indices = kwargs.pop("out_indices", None)
+        if out_features is None and out_indices is None and self._out_features is None and self._out_indices is None:
+            out_features = self.stage_names[1:]
+        self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
+        super().__post_init__(**kwargs)
+        if self._auto_class is not None and getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(REMOTE_CODE_AUTO_MAP)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    def validate_architecture(self):
+        """Reject hyper-parameters that cannot build a model, naming the offending stage and value."""
+        super().validate_architecture()
+        per_stage = {
+            "embed_dims": self.embed_dims,
+            "num_heads": self.num_heads,
+            "decay_init_values": self.decay_init_values,
+            "decay_head_ranges": self.decay_head_ranges,
+            "mlp_ratios": self.mlp_ratios,
+            "retention_modes": self.retention_modes,
+            "use_layer_scale": self.use_layer_scale,
+        }
+        lengths = {name: len(values) for name, values in per_stage.items()}
+        if any(length != len(self.depths) for length in lengths.values()):
+            raise ValueError(
+                f"Every per-stage list must have one entry per stage (len(depths) = {len(self.depths)}), got lengths "
+                f"{lengths}."
+            )
+        for stage, (dim, heads) in enumerate(zip(self.embed_dims, self.num_heads)):
+            if dim <= 0 or heads <= 0 or dim % heads != 0:
+                raise ValueError(f"Stage {stage}: num_heads={heads} must divide embed_dims={dim}.")
+            if (dim // heads) % 2 != 0:
+                raise ValueError(
+                    f"Stage {stage}: head size embed_dims/num_heads = {dim}/{heads} = {dim // heads} must be even "
+                    "(the rotary position encoding rotates channel pairs)."
+                )
+        for stage, mode in enumerate(self.retention_modes):
+            if mode not in RETENTION_MODES:
+                raise ValueError(f"Stage {stage}: unknown retention mode {mode!r}; expected one of {RETENTION_MODES}.")
+        for stage, (depth, ratio) in enumerate(zip(self.depths, self.mlp_ratios)):
+            if depth < 1:
+                raise ValueError(f"Stage {stage}: depths must be >= 1, got {depth}.")
+            if ratio <= 0:
+                raise ValueError(f"Stage {stage}: mlp_ratios must be > 0, got {ratio}.")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}.")
+        if not 0.0 <= self.decoder_dropout < 1.0:
+            raise ValueError(f"decoder_dropout must be in [0, 1), got {self.decoder_dropout}.")
+        if self.decoder_hidden_size < 1:
+            raise ValueError(f"decoder_hidden_size must be >= 1, got {self.decoder_hidden_size}.")
+        if self.num_channels < 1:
+            raise ValueError(f"num_channels must be >= 1, got {self.num_channels}.")
+
+
+def segret_variant_config(variant: str, **kwargs) -> SegRetConfig:
+    """The config of a paper variant ("tiny", "small", "base", "large"); `kwargs` override or add fields."""
+    if variant not in SEGRET_VARIANTS:
+        raise ValueError(f"Unknown SegRet variant {variant!r}; expected one of {sorted(SEGRET_VARIANTS)}.")
+    return SegRetConfig(**{**SEGRET_VARIANTS[variant], **kwargs})
+
+
+__all__ = ["SegRetConfig", "segret_variant_config", "SEGRET_VARIANTS"]
