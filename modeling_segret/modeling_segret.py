@@ -360,12 +360,15 @@ class SegRetPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """RMT's initialisation: truncated-normal linears, PyTorch-default convolutions, zero ZIR convolutions."""
+        """RMT's initialisation (truncated-normal linears, PyTorch-default convolutions) and zero ZIR convolutions."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, SegRetZeroInitConv):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
             # PyTorch's default, which the official RMT code keeps: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
             bound = 1.0 / math.sqrt(module.weight[0].numel())
@@ -382,16 +385,6 @@ class SegRetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SegRetLayer) and module.retention_layer_scale is not None:
             init.constant_(module.retention_layer_scale, self.config.layer_scale_init_value)
             init.constant_(module.ffn_layer_scale, self.config.layer_scale_init_value)
-        elif isinstance(module, SegRetDecodeHead):
-            # Runs after the children: overrides their convolution defaults.
-            for projection in module.linear_projections:
-                init.trunc_normal_(projection.weight, std=std)
-                init.zeros_(projection.bias)
-            for residual in module.zero_init_residuals:
-                init.zeros_(residual.weight)
-                init.zeros_(residual.bias)
-            init.normal_(module.classifier.weight, std=0.01)
-            init.zeros_(module.classifier.bias)
 
 
 class SegRetModel(SegRetPreTrainedModel):
@@ -448,6 +441,13 @@ class SegRetBackbone(BackboneMixin, SegRetPreTrainedModel):
         )
 
 
+class SegRetZeroInitConv(nn.Conv2d):
+    """1×1 convolution whose weight and bias start at zero (SegRet's ZIR branch)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+
 class SegRetDecodeHead(nn.Module):
     """SegRet's lightweight residual decoder.
 
@@ -461,7 +461,7 @@ class SegRetDecodeHead(nn.Module):
         hidden_size = config.decoder_hidden_size
         # Per-pixel linear maps, written as 1×1 convolutions so the maps stay channels-first.
         self.linear_projections = nn.ModuleList(nn.Conv2d(dim, hidden_size, 1) for dim in config.embed_dims)
-        self.zero_init_residuals = nn.ModuleList(nn.Conv2d(dim, hidden_size, 1) for dim in config.embed_dims)
+        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size) for dim in config.embed_dims)
         self.fuse = nn.Conv2d(hidden_size * config.num_stages, hidden_size, 1, bias=False)
         self.batch_norm = nn.BatchNorm2d(hidden_size)
         self.activation = nn.ReLU()

@@ -1,0 +1,245 @@
+"""SegRet as a transformers model: shapes, outputs, loss, parameter counts, zero-init, save/load, compile."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+
+from conftest import small_config
+from modeling_segret import (
+    SegRetBackbone,
+    SegRetConfig,
+    SegRetForSemanticSegmentation,
+    SegRetModel,
+    segret_variant_config,
+)
+
+# SPEC §5: (backbone, decoder, total) with 150 classes.
+PARAMETER_COUNTS = {
+    "tiny": (12_783_776, 794_774, 13_578_550),
+    "small": (25_416_800, 794_774, 26_211_574),
+    "base": (52_604_680, 852_118, 53_456_798),
+    "large": (93_784_280, 2_588_822, 96_373_102),
+}
+
+
+def count(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+@pytest.mark.parametrize("variant", list(PARAMETER_COUNTS))
+def test_parameter_counts_equal_spec(variant):
+    with torch.device("meta"):
+        model = SegRetForSemanticSegmentation(segret_variant_config(variant, num_labels=150))
+    assert (count(model.segret), count(model.decode_head), count(model)) == PARAMETER_COUNTS[variant]
+
+
+@pytest.mark.parametrize(("variant", "total"), [("base", 53_029_918), ("large", 95_793_902)])
+def test_parameter_counts_without_ffn_depthwise_conv(variant, total):
+    with torch.device("meta"):
+        model = SegRetForSemanticSegmentation(segret_variant_config(variant, num_labels=150, ffn_depthwise_conv=False))
+    assert count(model) == total
+
+
+def test_shapes_and_outputs(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(2, 3, 64, 96)
+    outputs = model(pixel_values)
+    assert outputs.logits.shape == (2, 5, 16, 24)
+    assert outputs.loss is None and outputs.hidden_states is None
+
+    outputs = model(pixel_values, output_hidden_states=True)
+    assert [tuple(h.shape) for h in outputs.hidden_states] == [
+        (2, 16, 16, 24), (2, 16, 16, 24), (2, 32, 8, 12), (2, 48, 4, 6), (2, 64, 2, 3)
+    ]
+    model.config.output_hidden_states = True
+    assert len(model(pixel_values).hidden_states) == 5
+
+    base = SegRetModel(config).eval()
+    base_outputs = base(pixel_values, output_hidden_states=True)
+    assert base_outputs.last_hidden_state.shape == (2, 64, 2, 3)
+    assert torch.equal(base_outputs.hidden_states[-1], base_outputs.last_hidden_state)
+
+
+def test_tuple_outputs(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    labels = torch.randint(0, 5, (1, 32, 32))
+    as_dict = model(pixel_values, labels=labels)
+    as_tuple = model(pixel_values, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+
+    model.config.return_dict = False  # SegFormer breaks here in transformers 5.23; SegRet must not
+    assert isinstance(model(pixel_values), tuple)
+    assert len(model(pixel_values, output_hidden_states=True)) == 2
+
+
+def test_backbone_api(config):
+    backbone = SegRetBackbone(config).eval()
+    assert backbone.out_features == ["stage1", "stage2", "stage3", "stage4"]
+    assert backbone.channels == [16, 32, 48, 64]
+    maps = backbone(torch.randn(1, 3, 64, 64)).feature_maps
+    assert [tuple(m.shape) for m in maps] == [(1, 16, 16, 16), (1, 32, 8, 8), (1, 48, 4, 4), (1, 64, 2, 2)]
+
+    selected = AutoBackbone.from_config(small_config(out_features=["stem", "stage3"])).eval()
+    assert isinstance(selected, SegRetBackbone) and selected.channels == [16, 48]
+    assert [m.shape[1] for m in selected(torch.randn(1, 3, 64, 64)).feature_maps] == [16, 48]
+
+
+def test_auto_classes_resolve_to_segret(config, tmp_path):
+    SegRetForSemanticSegmentation(config).save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is SegRetConfig
+    assert type(AutoModel.from_pretrained(tmp_path)) is SegRetModel
+    assert type(AutoModelForSemanticSegmentation.from_pretrained(tmp_path)) is SegRetForSemanticSegmentation
+    assert type(SegRetBackbone.from_pretrained(tmp_path)) is SegRetBackbone
+
+
+def test_loss_matches_cross_entropy_at_label_size(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(2, 3, 97, 131)  # odd size: logits at ceil(ceil(H/2)/2)
+    labels = torch.randint(0, 5, (2, 97, 131))
+    labels[0, :10] = 255
+    outputs = model(pixel_values, labels=labels)
+    assert outputs.logits.shape == (2, 5, 25, 33)
+    upsampled = nn.functional.interpolate(outputs.logits, size=(97, 131), mode="bilinear", align_corners=False)
+    expected = nn.functional.cross_entropy(upsampled, labels, ignore_index=255)
+    torch.testing.assert_close(outputs.loss, expected)
+
+    model.config.loss_average_over_all_pixels = True  # MMSegmentation's avg_non_ignore=False
+    valid_fraction = (labels != 255).float().mean()
+    torch.testing.assert_close(model(pixel_values, labels=labels).loss, expected * valid_fraction)
+
+    all_ignored = torch.full((2, 97, 131), 255)
+    assert model(pixel_values, labels=all_ignored).loss.item() == 0.0
+
+
+def test_zero_initialised_residuals_are_a_no_op_at_init(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    for residual in model.decode_head.zero_init_residuals:
+        assert torch.count_nonzero(residual.weight) == 0 and torch.count_nonzero(residual.bias) == 0
+
+    class Removed(nn.Module):
+        def forward(self, stage_map):
+            return 0
+
+    without_zir = copy.deepcopy(model)
+    without_zir.decode_head.zero_init_residuals = nn.ModuleList(Removed() for _ in range(4))
+    pixel_values = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model(pixel_values).logits, without_zir(pixel_values).logits)
+
+    # ... but they learn: the gradient reaches them.
+    model.train()
+    model(pixel_values, labels=torch.randint(0, 5, (2, 64, 64))).loss.backward()
+    assert all(residual.weight.grad.abs().sum() > 0 for residual in model.decode_head.zero_init_residuals)
+
+
+def test_save_load_round_trip_keeps_logits_and_buffers(config, tmp_path):
+    model = SegRetForSemanticSegmentation(config)
+    model.train()
+    for _ in range(2):  # move the BatchNorm statistics away from their initial values
+        model(torch.randn(2, 3, 64, 64))
+    model.eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+
+    pixel_values = torch.randn(1, 3, 64, 80)
+    assert torch.equal(model(pixel_values).logits, reloaded(pixel_values).logits)
+    original_buffers = dict(model.named_buffers())
+    for name, buffer in reloaded.named_buffers():
+        assert torch.equal(buffer, original_buffers[name]), name
+
+
+def test_bfloat16_load_and_forward(config, tmp_path):
+    model = SegRetForSemanticSegmentation(config).eval()
+    model.save_pretrained(tmp_path)
+    bf16 = AutoModelForSemanticSegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    pixel_values = torch.randn(1, 3, 64, 64)
+    logits = bf16(pixel_values.bfloat16()).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    reference = model(pixel_values).logits
+    assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_gradient_checkpointing_gives_same_loss_and_gradients(config):
+    model = SegRetForSemanticSegmentation(config).train()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 5, (2, 64, 64))
+
+    def loss_and_gradients(seed):
+        model.zero_grad()
+        torch.manual_seed(seed)  # same drop-path and dropout draws in both runs
+        loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    reference_loss, reference_gradients = loss_and_gradients(1)
+    model.gradient_checkpointing_enable()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    loss, gradients = loss_and_gradients(1)
+    torch.testing.assert_close(loss, reference_loss, rtol=0, atol=0)
+    assert gradients.keys() == reference_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, reference_gradients[name], msg=name)
+
+
+def test_batch_equals_items_run_one_by_one(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(3, 3, 48, 64)
+    batched = model(pixel_values).logits
+    for index in range(3):
+        torch.testing.assert_close(batched[index : index + 1], model(pixel_values[index : index + 1]).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_runs_and_matches_eager(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    eager = model(pixel_values).logits
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(pixel_values).logits, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_raise_clear_errors(config):
+    model = SegRetForSemanticSegmentation(config).eval()
+    with pytest.raises(ValueError, match=r"has 1 channels but the model expects 3"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"must be a 4-D tensor .* got shape \(3, 32, 32\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"floating-point"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, 0, 0] = 7
+    labels[0, 0, 1] = -1
+    with pytest.raises(ValueError, match=r"labels contain \[-1, 7\] which are neither a class index in \[0, 5\)"):
+        model(torch.randn(1, 3, 32, 32), labels=labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \(batch_size, height, width\)"):
+        model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 1, 32, 32, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"integer tensor"):
+        model(torch.randn(1, 3, 32, 32), labels=torch.zeros(1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_heads": [3, 2, 4, 4]}, r"Stage 0: num_heads=3 must divide embed_dims=16"),
+        ({"embed_dims": [18, 32, 48, 64], "num_heads": [6, 2, 4, 4]}, r"Stage 0: head size .* = 3 must be even"),
+        ({"depths": [1, 2, 2]}, r"one entry per stage \(len\(depths\) = 3\)"),
+        ({"retention_modes": ["chunk", "decomposed", "global", "global"]}, r"Stage 0: unknown retention mode 'chunk'"),
+        ({"drop_path_rate": 1.0}, r"drop_path_rate must be in \[0, 1\)"),
+        ({"decoder_hidden_size": 0}, r"decoder_hidden_size must be >= 1"),
+        ({"mlp_ratios": [3.0, 0.0, 3.0, 3.0]}, r"Stage 1: mlp_ratios must be > 0"),
+    ],
+)
+def test_invalid_config_values_raise(overrides, message):
+    with pytest.raises(Exception, match=message):
+        small_config(**overrides)
+
+
+def test_config_type_errors_are_caught():
+    with pytest.raises(Exception, match="depths"):
+        SegRetConfig(depths="2,2,8,2")

@@ -1,0 +1,89 @@
+"""A saved folder is a Hub remote-code repo: it loads where the `modeling_segret` package cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from PIL import Image
+
+from conftest import small_config
+from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["modeling_segret"] = None  # any import of the package now fails
+    try:
+        import modeling_segret  # noqa: F401
+        raise SystemExit("modeling_segret is importable: the test would not prove anything")
+    except ImportError:
+        pass
+
+    import torch
+    from PIL import Image
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation,
+                              pipeline)
+
+    folder = sys.argv[1]
+    report = {}
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    report["config"] = type(config).__name__
+    report["config_module"] = type(config).__module__
+    report["model"] = type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+    report["segmentation_model"] = type(model).__name__
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    report["processor"] = type(processor).__name__
+
+    inputs = torch.load(f"{folder}/../inputs.pt")
+    with torch.no_grad():
+        logits = model(inputs).logits
+    report["max_logit_difference"] = (logits - torch.load(f"{folder}/../logits.pt")).abs().max().item()
+
+    segmenter = pipeline("image-segmentation", model=folder, trust_remote_code=True)
+    image = Image.open(f"{folder}/../image.png")
+    report["segments"] = [(s["label"], s["mask"].size, s["mask"].mode) for s in segmenter(image)]
+    print(json.dumps(report))
+    """
+)
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    folder = tmp_path / "segret-remote"
+    model = SegRetForSemanticSegmentation(small_config()).eval()
+    model.save_pretrained(folder)
+    SegRetImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+
+    saved = sorted(path.name for path in folder.iterdir())
+    assert {"configuration_segret.py", "modeling_segret.py", "image_processing_segret.py"} <= set(saved)
+    assert "__init__.py" not in saved
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoBackbone", "AutoModelForSemanticSegmentation"}
+
+    inputs = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.save(model(inputs).logits, tmp_path / "logits.pt")
+    torch.save(inputs, tmp_path / "inputs.pt")
+    Image.new("RGB", (50, 40), (120, 30, 200)).save(tmp_path / "image.png")
+
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder)],
+        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert report["config"] == "SegRetConfig" and report["config_module"].startswith("transformers_modules.")
+    assert report["model"] == "SegRetModel"
+    assert report["segmentation_model"] == "SegRetForSemanticSegmentation"
+    assert report["processor"] == "SegRetImageProcessor"
+    assert report["max_logit_difference"] == 0.0
+    assert report["segments"], "the pipeline found no segment"
+    for label, size, mode in report["segments"]:
+        assert label in model.config.id2label.values()
+        assert tuple(size) == (50, 40) and mode == "L"
