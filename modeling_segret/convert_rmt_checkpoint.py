@@ -63,7 +63,9 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
             break
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     if any(key.startswith("backbone.") for key in state_dict):  # MMSegmentation segmentor: keep the backbone only
-        state_dict = {key[len("backbone.") :]: value for key, value in state_dict.items() if key.startswith("backbone.")}
+        state_dict = {
+            key[len("backbone.") :]: value for key, value in state_dict.items() if key.startswith("backbone.")
+        }
     non_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if non_tensors:
         raise CheckpointConversionError(f"Not a state dict: these entries are not tensors: {non_tensors[:10]}")

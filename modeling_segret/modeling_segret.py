@@ -350,6 +350,46 @@ class SegRetEncoder(nn.Module):
         return tuple(feature_maps)
 
 
+class SegRetZeroInitConv(nn.Conv2d):
+    """1×1 convolution whose weight and bias start at zero (SegRet's ZIR branch)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+
+class SegRetDecodeHead(nn.Module):
+    """SegRet's lightweight residual decoder.
+
+    Each stage map F_i goes to C channels through a per-pixel linear map plus a zero-initialised 1×1 convolution
+    (ZIR, the residual that starts as a no-op), is upsampled to stride 4, and the four are concatenated as
+    [F4, F3, F2, F1] and fused by Conv1×1 (4C→C, no bias) + BatchNorm + ReLU, then Dropout2d and a 1×1 classifier.
+    """
+
+    def __init__(self, config: SegRetConfig) -> None:
+        super().__init__()
+        hidden_size = config.decoder_hidden_size
+        # Per-pixel linear maps, written as 1×1 convolutions so the maps stay channels-first.
+        self.linear_projections = nn.ModuleList(nn.Conv2d(dim, hidden_size, 1) for dim in config.embed_dims)
+        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size) for dim in config.embed_dims)
+        self.fuse = nn.Conv2d(hidden_size * config.num_stages, hidden_size, 1, bias=False)
+        self.batch_norm = nn.BatchNorm2d(hidden_size)
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout2d(config.decoder_dropout)
+        self.classifier = nn.Conv2d(hidden_size, config.num_labels, 1)
+
+    def forward(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, c_i, H/2^(i+1), W/2^(i+1)) for i = 1..4 -> logits (B, num_labels, H/4, W/4)."""
+        output_size = stage_maps[0].shape[2:]
+        decoded = []
+        for stage_map, projection, residual in zip(stage_maps, self.linear_projections, self.zero_init_residuals):
+            stage_decoded = projection(stage_map) + residual(stage_map)
+            if stage_decoded.shape[2:] != output_size:
+                stage_decoded = F.interpolate(stage_decoded, size=output_size, mode="bilinear", align_corners=False)
+            decoded.append(stage_decoded)
+        fused = self.activation(self.batch_norm(self.fuse(torch.cat(decoded[::-1], dim=1))))
+        return self.classifier(self.dropout(fused))
+
+
 class SegRetPreTrainedModel(PreTrainedModel):
     config: SegRetConfig
     base_model_prefix = "segret"
@@ -441,46 +481,6 @@ class SegRetBackbone(BackboneMixin, SegRetPreTrainedModel):
         )
 
 
-class SegRetZeroInitConv(nn.Conv2d):
-    """1×1 convolution whose weight and bias start at zero (SegRet's ZIR branch)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, kernel_size=1)
-
-
-class SegRetDecodeHead(nn.Module):
-    """SegRet's lightweight residual decoder.
-
-    Each stage map F_i goes to C channels through a per-pixel linear map plus a zero-initialised 1×1 convolution
-    (ZIR, the residual that starts as a no-op), is upsampled to stride 4, and the four are concatenated as
-    [F4, F3, F2, F1] and fused by Conv1×1 (4C→C, no bias) + BatchNorm + ReLU, then Dropout2d and a 1×1 classifier.
-    """
-
-    def __init__(self, config: SegRetConfig) -> None:
-        super().__init__()
-        hidden_size = config.decoder_hidden_size
-        # Per-pixel linear maps, written as 1×1 convolutions so the maps stay channels-first.
-        self.linear_projections = nn.ModuleList(nn.Conv2d(dim, hidden_size, 1) for dim in config.embed_dims)
-        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size) for dim in config.embed_dims)
-        self.fuse = nn.Conv2d(hidden_size * config.num_stages, hidden_size, 1, bias=False)
-        self.batch_norm = nn.BatchNorm2d(hidden_size)
-        self.activation = nn.ReLU()
-        self.dropout = nn.Dropout2d(config.decoder_dropout)
-        self.classifier = nn.Conv2d(hidden_size, config.num_labels, 1)
-
-    def forward(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(B, c_i, H/2^(i+1), W/2^(i+1)) for i = 1..4 -> logits (B, num_labels, H/4, W/4)."""
-        output_size = stage_maps[0].shape[2:]
-        decoded = []
-        for stage_map, projection, residual in zip(stage_maps, self.linear_projections, self.zero_init_residuals):
-            stage_decoded = projection(stage_map) + residual(stage_map)
-            if stage_decoded.shape[2:] != output_size:
-                stage_decoded = F.interpolate(stage_decoded, size=output_size, mode="bilinear", align_corners=False)
-            decoded.append(stage_decoded)
-        fused = self.activation(self.batch_norm(self.fuse(torch.cat(decoded[::-1], dim=1))))
-        return self.classifier(self.dropout(fused))
-
-
 class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
     """SegRet: the RMT backbone and the residual decoder; logits at 1/4 of the input resolution."""
 
@@ -533,7 +533,9 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
         num_labels = self.config.num_labels
         ignore_index = self.config.semantic_loss_ignore_index
         if num_labels < 2:
-            raise ValueError(f"The SegRet loss needs num_labels >= 2, got {num_labels}; use two classes for a binary task.")
+            raise ValueError(
+                f"The SegRet loss needs num_labels >= 2, got {num_labels}; use two classes for a binary task."
+            )
         if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"labels must have shape (batch_size, height, width) with batch_size {logits.shape[0]}, got "

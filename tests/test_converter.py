@@ -5,7 +5,6 @@ import pickle
 
 import pytest
 import torch
-
 from conftest import FIXTURES
 from transformers import AutoModelForSemanticSegmentation
 
@@ -17,7 +16,7 @@ IMAGENET_KEYS = json.loads((FIXTURES / "rmt_imagenet_keys.json").read_text())
 
 
 def imagenet_like_checkpoint(variant: str) -> dict[str, torch.Tensor]:
-    """Random tensors with the released checkpoint's keys and shapes (position buffers as the official code has them)."""
+    """Random tensors shaped like a released checkpoint (position buffers as the official code makes them)."""
     config = segret_variant_config(variant)
     state_dict = {}
     for key, shape in IMAGENET_KEYS[variant]["state_dict"].items():
@@ -25,8 +24,11 @@ def imagenet_like_checkpoint(variant: str) -> dict[str, torch.Tensor]:
             stage = int(key.split(".")[1])
             heads = config.num_heads[stage]
             tables = SegRetRelativePosition(
-                config.embed_dims[stage] // heads, heads, config.decay_init_values[stage],
-                config.decay_head_ranges[stage], config.retention_modes[stage],
+                config.embed_dims[stage] // heads,
+                heads,
+                config.decay_init_values[stage],
+                config.decay_head_ranges[stage],
+                config.retention_modes[stage],
             ).base_tables()
             state_dict[key] = tables[0] if key.endswith("angle") else tables[1]
         elif key.endswith("num_batches_tracked"):
@@ -53,7 +55,11 @@ def test_every_container_form_converts_and_loads_strictly(variant):
         "bare": official,
         "mmseg": {
             "state_dict": {
-                **{f"backbone.{key}": value for key, value in official.items() if not key.startswith(("head.", "proj.", "norm."))},
+                **{
+                    f"backbone.{key}": value
+                    for key, value in official.items()
+                    if not key.startswith(("head.", "proj.", "norm."))
+                },
                 "decode_head.conv_seg.weight": torch.zeros(150, 256, 1, 1),
             },
             "meta": {},
@@ -65,13 +71,15 @@ def test_every_container_form_converts_and_loads_strictly(variant):
         # The values are carried over, not re-created (spot checks, renamed and reshaped keys included).
         torch.testing.assert_close(
             backbone.encoder.stages[0].blocks[0].retention.q_proj.weight,
-            official["layers.0.blocks.0.retention.q_proj.weight"], msg=form,
+            official["layers.0.blocks.0.retention.q_proj.weight"],
+            msg=form,
         )
         torch.testing.assert_close(
             backbone.encoder.stages[1].downsample.convolution.weight, official["layers.0.downsample.reduction.weight"]
         )
-        torch.testing.assert_close(backbone.encoder.embeddings.layers[3].normalization.running_var,
-                                   official["patch_embed.proj.10.running_var"])
+        torch.testing.assert_close(
+            backbone.encoder.embeddings.layers[3].normalization.running_var, official["patch_embed.proj.10.running_var"]
+        )
         if config.use_layer_scale[2]:
             torch.testing.assert_close(
                 backbone.encoder.stages[2].blocks[0].retention_layer_scale,
@@ -88,15 +96,21 @@ def test_missing_extra_and_misshaped_keys_fail_loudly():
 
     missing = dict(official)
     del missing["layers.2.blocks.3.ffn.fc1.weight"]
-    with pytest.raises(CheckpointConversionError, match=r"Missing keys \(1\): encoder\.stages\.2\.blocks\.3\.ffn\.fc1\.weight"):
+    with pytest.raises(
+        CheckpointConversionError, match=r"Missing keys \(1\): encoder\.stages\.2\.blocks\.3\.ffn\.fc1\.weight"
+    ):
         convert_rmt_state_dict({"model": missing}, config)
 
     extra = {**official, "layers.0.blocks.0.retention.extra_proj.weight": torch.zeros(1)}
-    with pytest.raises(CheckpointConversionError, match=r"Unexpected keys \(1\): layers\.0\.blocks\.0\.retention\.extra_proj"):
+    with pytest.raises(
+        CheckpointConversionError, match=r"Unexpected keys \(1\): layers\.0\.blocks\.0\.retention\.extra_proj"
+    ):
         convert_rmt_state_dict({"model": extra}, config)
 
     misshaped = {**official, "layers.1.blocks.0.ffn.fc2.weight": torch.zeros(128, 10)}
-    with pytest.raises(CheckpointConversionError, match=r"encoder\.stages\.1\.blocks\.0\.ffn\.fc2\.weight: checkpoint \(128, 10\)"):
+    with pytest.raises(
+        CheckpointConversionError, match=r"encoder\.stages\.1\.blocks\.0\.ffn\.fc2\.weight: checkpoint \(128, 10\)"
+    ):
         convert_rmt_state_dict(misshaped, config)
 
 
@@ -131,4 +145,15 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
     checkpoint_path = tmp_path / "malicious.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "payload": pickle.loads(pickle.dumps(SegRetBackbone))}, checkpoint_path)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        main(["--checkpoint", str(checkpoint_path), "--variant", "tiny", "--num-labels", "2", "--output", str(tmp_path / "out")])
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint_path),
+                "--variant",
+                "tiny",
+                "--num-labels",
+                "2",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
+from conftest import small_config
 from torch import nn
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
-from conftest import small_config
 from modeling_segret import (
     SegRetBackbone,
     SegRetConfig,
@@ -52,7 +52,11 @@ def test_shapes_and_outputs(config):
 
     outputs = model(pixel_values, output_hidden_states=True)
     assert [tuple(h.shape) for h in outputs.hidden_states] == [
-        (2, 16, 16, 24), (2, 16, 16, 24), (2, 32, 8, 12), (2, 48, 4, 6), (2, 64, 2, 3)
+        (2, 16, 16, 24),
+        (2, 16, 16, 24),
+        (2, 32, 8, 12),
+        (2, 48, 4, 6),
+        (2, 64, 2, 3),
     ]
     model.config.output_hidden_states = True
     assert len(model(pixel_values).hidden_states) == 5
@@ -192,8 +196,9 @@ def test_batch_equals_items_run_one_by_one(config):
     pixel_values = torch.randn(3, 3, 48, 64)
     batched = model(pixel_values).logits
     for index in range(3):
-        torch.testing.assert_close(batched[index : index + 1], model(pixel_values[index : index + 1]).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            batched[index : index + 1], model(pixel_values[index : index + 1]).logits, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_torch_compile_runs_and_matches_eager(config):

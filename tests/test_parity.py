@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import FIXTURES
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import FIXTURES
 from modeling_segret import SegRetBackbone, SegRetConfig
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict
 
@@ -34,7 +34,9 @@ def reference_config() -> SegRetConfig:
 @pytest.fixture(scope="module")
 def reference():
     tensors = load_file(REFERENCE)
-    official_weights = {key.removeprefix("weights."): value for key, value in tensors.items() if key.startswith("weights.")}
+    official_weights = {
+        key.removeprefix("weights."): value for key, value in tensors.items() if key.startswith("weights.")
+    }
     backbone = SegRetBackbone(reference_config()).double().eval()  # float64 before loading: no rounding to float32
     backbone.load_state_dict(convert_rmt_state_dict(official_weights, backbone.config), strict=True)
     return backbone, tensors

@@ -7,9 +7,9 @@ import sys
 import textwrap
 
 import torch
+from conftest import small_config
 from PIL import Image
 
-from conftest import small_config
 from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
 
 FRESH_PROCESS = textwrap.dedent(
@@ -73,7 +73,11 @@ def test_remote_code_loads_without_the_package(tmp_path):
     environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(folder)],
-        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
