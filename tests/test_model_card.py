@@ -1,0 +1,225 @@
+"""Model cards: YAML metadata, model-index only with results, results formats, and snippets that run."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+from conftest import small_config
+from huggingface_hub import ModelCard
+
+from model_cards.render import (
+    CARDS_DIR,
+    DATASETS,
+    PAPER_RESULTS,
+    load_eval_results,
+    parse_eval_results,
+    render_card,
+    render_paper_card,
+    repository_name,
+)
+from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
+from training.publish import assemble, sample_image
+
+# What training/evaluate.py writes (one mode per file) and what training/train.py writes.
+EVALUATE_OUTPUT = {
+    "model": "outputs/segret-tiny-ade20k",
+    "dataset": "ade20k",
+    "split": "validation",
+    "mode": "ms",
+    "inference": {"mode": "whole", "scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "flip": True},
+    "num_samples": 2000,
+    "mIoU": 49.12,
+    "mAcc": 60.5,
+    "aAcc": 82.25,
+    "mean_iou": 0.491234,
+    "mean_accuracy": 0.605,
+    "overall_accuracy": 0.8225,
+    "per_class": [{"id": 0, "name": "wall", "iou": 0.75, "accuracy": 0.8}, {"id": 1, "name": "sky", "iou": None}],
+}
+TRAIN_OUTPUT = {
+    "dataset": "ade20k",
+    "split": "validation",
+    "mode": "ss",
+    "variant": "tiny",
+    "mean_iou": 0.4876,
+    "mean_accuracy": 0.6,
+    "overall_accuracy": 0.82,
+    "per_category_iou": [0.7, float("nan")],
+    "class_names": ["wall", "sky"],
+    "num_samples": 2000,
+}
+
+
+def front_matter(card: str) -> dict:
+    match = re.match(r"^---\n(.*?)\n---\n", card, flags=re.DOTALL)
+    assert match, "the card does not start with YAML metadata"
+    return yaml.safe_load(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def tiny_ade20k_card() -> str:
+    return render_paper_card("tiny", "ade20k")
+
+
+def test_card_without_results_has_no_model_index(tiny_ade20k_card):
+    metadata = front_matter(tiny_ade20k_card)
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-segmentation"
+    assert metadata["license"] == "apache-2.0" and metadata["datasets"] == ["zhoubolei/scene_parse_150"]
+    assert {"segret", "ade20k"} <= set(metadata["tags"])
+    assert "model-index" not in metadata
+    assert "The results in this card are the paper's, not this checkpoint's" in tiny_ade20k_card
+    assert "| **ADE20K** | **48.76** | **49.39** |" in tiny_ade20k_card
+    # Parameters, FLOPs (paper's convention = SPEC §6 at 1024×1024), reconciliation, recipe, citations.
+    assert "**13,578,550**" in tiny_ade20k_card and "| 1024×1024 | 72.83 |" in tiny_ade20k_card
+    assert "| Tiny | 13,578,550 | 13,474,870 | 13,494,220 | 14.01M | +0.516M |" in tiny_ade20k_card
+    assert "configuration/recipes/segret-tiny-ade20k.yaml" in tiny_ade20k_card
+    assert "arXiv:2502.14014" in tiny_ade20k_card and "RMT: Retentive Networks Meet Vision Transformers" in (
+        tiny_ade20k_card
+    )
+    assert "$" not in tiny_ade20k_card.replace("$ ", "")  # every template placeholder was filled
+
+
+def test_card_with_results_has_model_index():
+    records = parse_eval_results(TRAIN_OUTPUT) + parse_eval_results(EVALUATE_OUTPUT)
+    config = small_config(id2label={0: "wall", 1: "sky"}, label2id={"wall": 0, "sky": 1})
+    card = render_card(config, repo_id="acme/segret-demo", eval_results=records)
+    metadata = front_matter(card)
+    (entry,) = metadata["model-index"]
+    assert entry["name"] == "segret-demo"
+    (result,) = entry["results"]
+    assert result["task"]["type"] == "image-segmentation"
+    assert result["dataset"] == {"name": "ADE20K", "type": "scene_parse_150", "split": "validation"}
+    metrics = {metric["name"]: metric["value"] for metric in result["metrics"]}
+    assert metrics == {
+        "mIoU (single-scale, whole image)": 48.76,
+        "mIoU (multi-scale + flip, whole; ratios 0.5, 0.75, 1, 1.25, 1.5, 1.75)": 49.12,
+    }
+    assert all(metric["type"] == "mean_iou" for metric in result["metrics"])
+    assert "Results of this checkpoint" in card and "paper's, not this checkpoint's" not in card
+    assert "| wall | 75.00 |" in card and "| sky | – |" in card  # per-class IoU, NaN/None shown as –
+    assert ModelCard(card).data.to_dict()["model-index"] == metadata["model-index"]  # huggingface_hub parses it
+
+
+def test_untrained_decoder_and_unknown_dataset_are_stated():
+    card = render_card(small_config(), dataset="synthetic", decoder_trained=False)
+    assert "This checkpoint is not a trained segmentation model" in card
+    assert "No results have been measured for this checkpoint yet" in card
+    metadata = front_matter(card)
+    assert "datasets" not in metadata and "model-index" not in metadata and "synthetic" in metadata["tags"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (TRAIN_OUTPUT, [("ss", "whole", 48.76)]),
+        ({"mode": "slide", "mIoU": 81.2}, [("ss", "slide", 81.2)]),
+        (
+            [{"mode": "ss", "mean_iou": 48.7}, {"mode": "ms", "mean_iou": 0.5}],
+            [("ss", "whole", 48.7), ("ms", "ms+flip", 50)],
+        ),
+        ({"ss": {"mean_iou": 0.4}, "ms": {"mean_iou": 0.41}}, [("ss", "whole", 40), ("ms", "ms+flip", 41)]),
+        ({"results": [EVALUATE_OUTPUT]}, [("ms", "ms+flip", 49.12)]),
+    ],
+)
+def test_results_formats(data, expected):
+    records = parse_eval_results(data)
+    assert [(r.mode, r.inference, r.mean_iou) for r in records] == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"mean_iou": 0.5}, "mode"),
+        ({"mode": "whole-image", "mean_iou": 0.5}, "mode"),
+        ({"mode": "ss", "accuracy": 0.5}, "mean_iou"),
+        ({"mode": "ss", "mean_iou": float("nan")}, "NaN"),
+        ("0.5", "JSON object"),
+    ],
+)
+def test_results_errors_name_the_problem(data, message):
+    with pytest.raises(ValueError, match=message):
+        parse_eval_results(data)
+
+
+def test_results_files_must_share_a_dataset(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(TRAIN_OUTPUT))
+    (tmp_path / "b.json").write_text(json.dumps({**TRAIN_OUTPUT, "dataset": "cityscapes"}))
+    with pytest.raises(ValueError, match="several datasets"):
+        load_eval_results([tmp_path / "a.json", tmp_path / "b.json"])
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_eval_results([tmp_path / "c.json"])
+    with pytest.raises(ValueError, match="not for"):
+        render_card(small_config(), dataset="cityscapes", eval_results=load_eval_results([tmp_path / "a.json"]))
+
+
+def test_the_twelve_rendered_cards(tiny_ade20k_card):
+    names = [repository_name(variant, dataset) for variant in SEGRET_VARIANTS for dataset in DATASETS]
+    assert len(names) == 12
+    for variant in SEGRET_VARIANTS:
+        for dataset, info in DATASETS.items():
+            card = (CARDS_DIR / repository_name(variant, dataset) / "README.md").read_text()
+            metadata = front_matter(card)
+            assert "model-index" not in metadata and metadata["model_name"] == repository_name(variant, dataset)
+            assert "The results in this card are the paper's, not this checkpoint's" in card
+            single, multi = PAPER_RESULTS[(variant, dataset)]
+            assert f"| **{info.name}** | **{single:.2f}** | **{multi:.2f}** |" in card
+    # Up to date with the renderer (checked for one card: rendering all twelve counts FLOPs 24 times).
+    assert (CARDS_DIR / "segret-tiny-ade20k" / "README.md").read_text() == tiny_ade20k_card
+
+
+SNIPPET_RUNNER = textwrap.dedent(
+    """
+    import sys
+    sys.modules["modeling_segret"] = None  # only the folder's own code can run
+    for index, path in enumerate(sys.argv[1:]):
+        print(f"--- snippet {index}", flush=True)
+        exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__"})
+    print("SNIPPETS OK")
+    """
+)
+
+
+def test_card_snippets_run_against_the_local_folder(tmp_path):
+    source = tmp_path / "source"
+    # A narrow model with stage 3 decomposed: the multi-scale snippet runs 12 passes of up to 896×896 pixels.
+    config = small_config(
+        embed_dims=[8, 16, 24, 32],
+        num_heads=[1, 1, 2, 2],
+        depths=[1, 1, 1, 1],
+        decoder_hidden_size=16,
+        retention_modes=["decomposed", "decomposed", "decomposed", "global"],
+    )
+    SegRetForSemanticSegmentation(config).eval().save_pretrained(source)
+    folder = assemble(source, tmp_path / "segret-card", repo_id="test-org/segret-card")
+    card = (folder / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)
+    assert len(snippets) == 3 and all("test-org/segret-card" in snippet for snippet in snippets)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    sample_image((64, 64)).save(work / "image.jpg")
+    paths = []
+    for index, snippet in enumerate(snippets):
+        path = work / f"snippet_{index}.py"
+        path.write_text(snippet.replace("test-org/segret-card", str(folder)))
+        paths.append(str(path))
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", SNIPPET_RUNNER, *paths],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=environment,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "SNIPPETS OK" in result.stdout
+    # The sliding-window / multi-scale snippet prints two label maps at the image's size (height, width).
+    assert "torch.Size([64, 64]) torch.Size([64, 64])" in result.stdout
