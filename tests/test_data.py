@@ -1,0 +1,382 @@
+"""Presets on tiny datasets written in each benchmark's real schema: loading, label mapping, augmentation, bad data."""
+
+import io
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.data import (
+    COCO_STUFF_UNUSED,
+    DataError,
+    SegmentationDataset,
+    build_dataset,
+    collate_eval,
+    collate_train,
+    format_histogram,
+    get_preset,
+    load_split,
+    main,
+    verify_labels,
+    worker_init_fn,
+)
+from training.transforms import EvalTransform, TrainTransform
+
+
+@pytest.fixture(autouse=True)
+def _datasets_cache(tmp_path, monkeypatch):
+    # Keep the Arrow caches that load_dataset writes inside the test's folder.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+def _png(array, palette=False):
+    if palette:  # an indexed "P" image, as COCO-Stuff's stuffthingmaps: np.array() must give the indices back
+        image = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array).tobytes())
+        image.putpalette(np.random.default_rng(0).integers(0, 256, 768).astype(np.uint8).tolist())
+    else:
+        image = Image.fromarray(array)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(h, w, seed):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _rows(raw_maps, label_column, extra=None):
+    table = {
+        "image": [{"bytes": _jpeg(*m.shape, i), "path": None} for i, m in enumerate(raw_maps)],
+        label_column: [{"bytes": _png(m), "path": None} for m in raw_maps],
+    }
+    features = {"image": datasets.Image(), label_column: datasets.Image()}
+    if extra:
+        table.update(extra[0])
+        features.update(extra[1])
+    return datasets.Dataset.from_dict(table, features=datasets.Features(features))
+
+
+def _raw_maps(values, shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.choice(np.asarray(values, dtype=np.uint8), size=shape) for shape in shapes]
+
+
+# ------------------------------------------------------------------------------------------------------ ADE20K
+ADE_SHAPES = [(24, 32), (30, 20), (16, 16)]
+
+
+@pytest.fixture
+def ade_parquet(tmp_path):
+    """scene_parse_150's parquet export: image (JPEG), annotation (PNG, L, 0..150), scene_category."""
+    maps = _raw_maps([0, 1, 2, 75, 149, 150], ADE_SHAPES)
+    categories = ([0, 5, 7], {"scene_category": datasets.ClassLabel(names=[f"scene{i}" for i in range(10)])})
+    root = tmp_path / "ade"
+    (root / "data").mkdir(parents=True)
+    for split in ("train", "validation"):
+        ds = _rows(maps, "annotation", ({"scene_category": categories[0]}, categories[1]))
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root, maps
+
+
+def test_ade20k_parquet_eval_labels(ade_parquet):
+    root, maps = ade_parquet
+    ds = build_dataset("ade20k", str(root), "validation")
+    assert len(ds) == 3 and ds.preset.num_labels == 150 and ds.split == "validation"
+    for i, raw in enumerate(maps):
+        item = ds[i]
+        expected = np.where(raw == 0, 255, raw.astype(np.int64) - 1)  # 0 = other -> ignore, v -> v - 1
+        np.testing.assert_array_equal(item["labels"].numpy(), expected)
+        assert item["pixel_values"].shape == (3, *raw.shape) and item["index"] == i
+    assert set(np.unique(ds[0]["labels"].numpy())) <= {0, 1, 74, 148, 149, 255}
+
+
+def test_ade20k_train_augmentation_labels(ade_parquet):
+    root, _ = ade_parquet
+    ds = build_dataset("ade20k", str(root), train=True, crop_size=(32, 32), train_scale=(128, 32))
+    assert ds.split == "train"
+    seen = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["pixel_values"].shape == (3, 32, 32) and item["labels"].shape == (32, 32)
+        assert item["labels"].dtype == torch.int64
+        seen |= set(item["labels"].unique().tolist())
+    assert seen <= {0, 1, 74, 148, 149, 255} and seen & {0, 1, 74, 148, 149}
+
+
+def test_ade20k_default_scales_reach_crop_size(ade_parquet):
+    root, _ = ade_parquet
+    item = build_dataset("ade20k", str(root), train=True)[0]
+    assert item["pixel_values"].shape == (3, 512, 512) and item["labels"].shape == (512, 512)
+
+
+def test_ade20k_image_folders(tmp_path):
+    # ADEChallengeData2016 layout: images/validation/*.jpg + annotations/validation/*.png
+    root = tmp_path / "ADEChallengeData2016"
+    maps = _raw_maps([0, 3, 150], [(20, 30), (18, 22)])
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i, m in enumerate(maps):
+            (root / "images" / split / f"ADE_{split}_{i:08d}.jpg").write_bytes(_jpeg(*m.shape, i))
+            (root / "annotations" / split / f"ADE_{split}_{i:08d}.png").write_bytes(_png(m))
+    ds = build_dataset("ade20k", str(root), "validation")
+    assert len(ds) == 2
+    np.testing.assert_array_equal(ds[1]["labels"].numpy(), np.where(maps[1] == 0, 255, maps[1].astype(int) - 1))
+    assert len(build_dataset("ade20k", str(root), "train", train=True, crop_size=16, train_scale=(64, 16))) == 2
+
+
+# -------------------------------------------------------------------------------------------------- Cityscapes
+CITYSCAPES_TRAIN_ID = {0: 255, 1: 255, 6: 255, 7: 0, 8: 1, 9: 255, 11: 2, 24: 11, 26: 13, 29: 255, 33: 18}
+
+
+@pytest.fixture
+def cityscapes_disk(tmp_path):
+    """A Chris1/cityscapes-like DatasetDict (image + semantic_segmentation with labelIds 0..33) via save_to_disk."""
+    maps = _raw_maps(sorted(CITYSCAPES_TRAIN_ID), [(16, 32), (16, 32)])
+    path = tmp_path / "cityscapes_saved"
+    datasets.DatasetDict(
+        {"train": _rows(maps, "semantic_segmentation"), "validation": _rows(maps, "semantic_segmentation")}
+    ).save_to_disk(str(path))
+    return path, maps
+
+
+def test_cityscapes_label_ids(cityscapes_disk):
+    path, maps = cityscapes_disk
+    ds = build_dataset("cityscapes", str(path), "val")  # alias of "validation"
+    assert ds.split == "validation" and ds.preset.num_labels == 19
+    lut = np.vectorize(CITYSCAPES_TRAIN_ID.get)
+    for i, raw in enumerate(maps):
+        np.testing.assert_array_equal(ds[i]["labels"].numpy(), lut(raw))
+    train = build_dataset("cityscapes", str(path), train=True, crop_size=(16, 32), train_scale=(64, 32))
+    values = set(torch.cat([train[i]["labels"].flatten() for i in range(2)]).tolist())
+    assert values <= {0, 1, 2, 11, 13, 18, 255} and values - {255}
+
+
+def test_cityscapes_official_folders_and_train_ids(tmp_path):
+    root = tmp_path / "cityscapes"
+    label_ids = _raw_maps([7, 26, 33, 0], [(8, 16)])[0]
+    train_ids = np.vectorize({7: 0, 26: 13, 33: 18, 0: 255}.get)(label_ids).astype(np.uint8)
+    for city in ("aachen", "bochum"):
+        (root / "leftImg8bit" / "val" / city).mkdir(parents=True)
+        (root / "gtFine" / "val" / city).mkdir(parents=True)
+        stem = f"{city}_000000_000019"
+        (root / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png").write_bytes(
+            _png(np.zeros((8, 16, 3), np.uint8))
+        )
+        (root / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png").write_bytes(_png(label_ids))
+        (root / "gtFine" / "val" / city / f"{stem}_gtFine_labelTrainIds.png").write_bytes(_png(train_ids))
+        (root / "gtFine" / "val" / city / f"{stem}_gtFine_color.png").write_bytes(_png(np.ones((8, 16, 3), np.uint8)))
+    ds = build_dataset("cityscapes", str(root), "validation")
+    assert len(ds) == 2
+    np.testing.assert_array_equal(ds[0]["labels"].numpy(), train_ids)
+    as_train_ids = build_dataset(get_preset("cityscapes", label_encoding="trainIds"), str(root), "val")
+    np.testing.assert_array_equal(as_train_ids[1]["labels"].numpy(), train_ids)
+
+
+def test_cityscapes_train_ids_in_label_ids_mode_fail_with_hint(tmp_path):
+    maps = [np.array([[0, 13], [255, 18]], np.uint8)]
+    path = tmp_path / "already_train_ids"
+    datasets.DatasetDict({"validation": _rows(maps, "semantic_segmentation")}).save_to_disk(str(path))
+    with pytest.raises(DataError, match=r"row 0 .*values \[255\].*trainIds"):
+        build_dataset("cityscapes", str(path))[0]
+
+
+# ------------------------------------------------------------------------------------------------- COCO-Stuff
+@pytest.fixture
+def coco_disk(tmp_path):
+    """GATE-engine/COCOStuff164K-like: image + mask (indexed PNG, raw 0..181 and 255), splits train/val."""
+    values = [0, 10, 11, 12, 25, 90, 91, 181, 255]
+    maps = _raw_maps(values, [(20, 20), (12, 28)])
+    rows = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": _jpeg(*m.shape, i), "path": None} for i, m in enumerate(maps)],
+            "mask": [{"bytes": _png(m, palette=True), "path": None} for m in maps],
+        },
+        features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}),
+    )
+    path = tmp_path / "coco"
+    datasets.DatasetDict({"train": rows, "val": rows}).save_to_disk(str(path))
+    return path, maps
+
+
+def test_coco_stuff_mapping(coco_disk):
+    path, maps = coco_disk
+    assert Image.open(io.BytesIO(_png(maps[0], palette=True))).mode == "P"
+    ds = build_dataset("coco_stuff", str(path), "validation")  # resolves to "val"
+    assert ds.split == "val" and ds.preset.num_labels == 171
+    expected = {0: 0, 10: 10, 11: 255, 12: 11, 25: 255, 90: 255, 91: 80, 181: 170, 255: 255}
+    for i, raw in enumerate(maps):
+        np.testing.assert_array_equal(ds[i]["labels"].numpy(), np.vectorize(expected.get)(raw))
+    train = build_dataset("coco_stuff", str(path), train=True, crop_size=16, train_scale=(64, 16))
+    values = set(torch.cat([train[i]["labels"].flatten() for i in range(2)]).tolist())
+    assert values <= {0, 10, 11, 80, 170, 255}
+
+
+def test_coco_stuff_lut_matches_converter_table():
+    lut = get_preset("coco_stuff").label_lut
+    kept = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
+    assert len(kept) == 171 and [int(lut[v]) for v in kept] == list(range(171))
+    assert all(lut[v] == 255 for v in COCO_STUFF_UNUSED) and lut[255] == 255
+    assert lut[182] == -1 and int(lut[91]) == 80
+
+
+# ----------------------------------------------------------------------------------------------------- generic
+def test_generic_preset_columns_and_reduce_labels(tmp_path):
+    maps = _raw_maps([0, 1, 2, 3], [(10, 12)])
+    ds = _rows(maps, "mask_png").rename_column("image", "photo")
+    path = tmp_path / "generic.parquet"
+    ds.to_parquet(str(path))
+    preset = get_preset("generic", image_column="photo", label_column="mask_png", num_labels=3, reduce_labels=True)
+    data = build_dataset(preset, str(path), "validation")
+    np.testing.assert_array_equal(data[0]["labels"].numpy(), np.where(maps[0] == 0, 255, maps[0].astype(int) - 1))
+    plain = get_preset("generic", image_column="photo", label_column="mask_png", num_labels=4)
+    np.testing.assert_array_equal(build_dataset(plain, str(path))[0]["labels"].numpy(), maps[0])
+    with pytest.raises(DataError, match=r"values \[3\] are outside the generic range \(0..2 and 255"):
+        build_dataset(get_preset("generic", image_column="photo", label_column="mask_png", num_labels=3), str(path))[0]
+    with pytest.raises(ValueError, match="num_labels"):
+        get_preset("generic")
+
+
+# ------------------------------------------------------------------------------------------------ batching etc.
+def test_dataloader_collate_and_workers(ade_parquet):
+    root, _ = ade_parquet
+    train = build_dataset("ade20k", str(root), train=True, crop_size=16, train_scale=(64, 16))
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=3, num_workers=2, collate_fn=collate_train, worker_init_fn=worker_init_fn
+    )
+    batch = next(iter(loader))
+    assert batch["pixel_values"].shape == (3, 3, 16, 16) and batch["labels"].shape == (3, 16, 16)
+    evaluation = build_dataset("ade20k", str(root), "validation")
+    batch = collate_eval([evaluation[i] for i in range(3)])
+    assert [tuple(x.shape) for x in batch["labels"]] == ADE_SHAPES and batch["index"].tolist() == [0, 1, 2]
+
+
+def test_max_samples_and_custom_transform(ade_parquet):
+    root, _ = ade_parquet
+    ds = build_dataset("ade20k", str(root), "validation", transform=EvalTransform(), max_samples=2)
+    assert len(ds) == 2
+    assert isinstance(build_dataset("ade20k", str(root), train=True).transform, TrainTransform)
+
+
+# ------------------------------------------------------------------------------------------------ label check
+def test_verify_labels_histogram(ade_parquet, capsys):
+    root, maps = ade_parquet
+    ds = build_dataset("ade20k", str(root), "validation")
+    report = verify_labels(ds, 2)
+    values, counts = np.unique(np.concatenate([m.ravel() for m in maps[:2]]), return_counts=True)
+    assert report["rows_checked"] == 2
+    assert report["raw_histogram"] == dict(zip(values.tolist(), counts.tolist(), strict=True))
+    assert report["train_id_histogram"][255] == report["raw_histogram"][0]
+    assert report["train_id_histogram"][149] == report["raw_histogram"][150]
+    assert "150 ->" in format_histogram(report, ds.preset) and "ignore" in format_histogram(report, ds.preset)
+    assert main(["--dataset", "ade20k", "--source", str(root), "--verify_labels", "3"]) == 0
+    assert "raw label values over 3 rows" in capsys.readouterr().out
+
+
+def test_verify_labels_reports_every_bad_row(tmp_path, capsys):
+    maps = [np.array([[1, 2]], np.uint8), np.array([[151, 3]], np.uint8), np.array([[200, 255]], np.uint8)]
+    path = tmp_path / "bad_ade"
+    datasets.DatasetDict({"validation": _rows(maps, "annotation")}).save_to_disk(str(path))
+    ds = build_dataset("ade20k", str(path))
+    with pytest.raises(DataError, match=r"2 of 3 rows: row 1: values \[151\]; row 2: values \[200, 255\]"):
+        verify_labels(ds, 10)
+    assert main(["--dataset", "ade20k", "--source", str(path), "--verify_labels", "3"]) == 1
+    assert "label check failed" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- bad data
+def _saved(tmp_path, table, features, name="bad"):
+    path = tmp_path / name
+    ds = datasets.Dataset.from_dict(table, features=datasets.Features(features))
+    datasets.DatasetDict({"validation": ds}).save_to_disk(str(path))
+    return str(path)
+
+
+IMAGE_FEATURES = {"image": datasets.Image(), "annotation": datasets.Image()}
+
+
+def test_image_and_label_of_different_sizes(tmp_path):
+    table = {
+        "image": [{"bytes": _jpeg(8, 8, 0), "path": None}, {"bytes": _jpeg(8, 8, 1), "path": None}],
+        "annotation": [{"bytes": _png(np.ones((8, 8), np.uint8)), "path": None},
+                       {"bytes": _png(np.ones((8, 9), np.uint8)), "path": None}],
+    }  # fmt: skip
+    ds = build_dataset("ade20k", _saved(tmp_path, table, IMAGE_FEATURES))
+    assert ds[0]["labels"].shape == (8, 8)
+    with pytest.raises(DataError, match=r"row 1 of split 'validation'.*8x8 \(WxH\) but label 'annotation' is 9x8"):
+        ds[1]
+
+
+def test_label_value_outside_map(tmp_path):
+    table = {"image": [{"bytes": _jpeg(4, 4, 0), "path": None}],
+             "annotation": [{"bytes": _png(np.full((4, 4), 180, np.uint8)), "path": None}]}  # fmt: skip
+    ds = build_dataset("ade20k", _saved(tmp_path, table, IMAGE_FEATURES))
+    with pytest.raises(DataError, match=r"row 0 .*column 'annotation'.*values \[180\] are outside the ade20k range"):
+        ds[0]
+
+
+def test_missing_column(cityscapes_disk):
+    path, _ = cityscapes_disk
+    with pytest.raises(DataError, match=r"no column 'annotation'.*\['image', 'semantic_segmentation'\]"):
+        build_dataset("ade20k", str(path))
+
+
+def test_empty_split(tmp_path):
+    empty = datasets.Dataset.from_dict({"image": [], "annotation": []}, features=datasets.Features(IMAGE_FEATURES))
+    one_row = _rows(_raw_maps([1], [(4, 4)]), "annotation")
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": one_row, "validation": empty}).save_to_disk(str(saved))
+    assert len(build_dataset("ade20k", str(saved), "train")) == 1
+    with pytest.raises(DataError, match="split 'validation' of .*saved is empty"):
+        build_dataset("ade20k", str(saved), "validation")
+    (tmp_path / "parquet").mkdir()
+    one_row.to_parquet(str(tmp_path / "parquet" / "train-00000-of-00001.parquet"))
+    empty.to_parquet(str(tmp_path / "parquet" / "validation-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match="split 'validation' of .*parquet is empty"):
+        build_dataset("ade20k", str(tmp_path / "parquet"), "validation")
+    for folder in ("images", "annotations"):
+        (tmp_path / "folders" / folder / "validation").mkdir(parents=True)
+    with pytest.raises(DataError, match="split 'validation' of .*folders is empty"):
+        build_dataset("ade20k", str(tmp_path / "folders"), "validation")
+
+
+def test_unknown_split(cityscapes_disk):
+    path, _ = cityscapes_disk
+    with pytest.raises(DataError, match=r"split 'test' not found.*\['train', 'validation'\]"):
+        load_split(get_preset("cityscapes"), str(path), "test")
+
+
+def test_unreadable_image(tmp_path):
+    table = {"image": [{"bytes": _jpeg(4, 4, 0), "path": None}, {"bytes": b"not an image", "path": None}],
+             "annotation": [{"bytes": _png(np.ones((4, 4), np.uint8)), "path": None}] * 2}  # fmt: skip
+    ds = build_dataset("ade20k", _saved(tmp_path, table, IMAGE_FEATURES))
+    ds[0]
+    with pytest.raises(DataError, match=r"row 1 of split 'validation': column 'image' cannot be read as an image"):
+        ds[1]
+
+
+def test_colour_coded_label_rejected(tmp_path):
+    colour = np.zeros((4, 4, 3), np.uint8)
+    colour[..., 0] = 128  # a colour mask, not an index map
+    table = {"image": [{"bytes": _jpeg(4, 4, 0), "path": None}], "annotation": [{"bytes": _png(colour), "path": None}]}
+    with pytest.raises(DataError, match="colour-coded"):
+        build_dataset("ade20k", _saved(tmp_path, table, IMAGE_FEATURES))[0]
+
+
+def test_image_folder_with_missing_label(tmp_path):
+    (tmp_path / "images" / "validation").mkdir(parents=True)
+    (tmp_path / "annotations" / "validation").mkdir(parents=True)
+    (tmp_path / "images" / "validation" / "a.jpg").write_bytes(_jpeg(4, 4, 0))
+    with pytest.raises(DataError, match=r"1 images .* have no label .*\['a'\]"):
+        build_dataset("ade20k", str(tmp_path))
+
+
+def test_dataset_from_decoded_hf_dataset():
+    # An in-memory datasets.Dataset with decoded Image features works too (cells are re-read undecoded).
+    maps = _raw_maps([1, 2], [(6, 6)])
+    ds = SegmentationDataset(_rows(maps, "annotation"), get_preset("ade20k"), EvalTransform())
+    np.testing.assert_array_equal(ds[0]["labels"].numpy(), maps[0].astype(int) - 1)

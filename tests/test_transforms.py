@@ -1,0 +1,299 @@
+"""Each augmentation step against its MMSegmentation formula, replaying the random draws with the same seed."""
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_segret.inference_segret import rescale_size
+from training.transforms import (
+    MEAN,
+    STD,
+    EvalTransform,
+    TrainTransform,
+    denormalize,
+    hsv_to_rgb,
+    normalize,
+    pad_to_size,
+    photometric_distortion,
+    random_crop,
+    random_flip,
+    random_resize,
+    resize_image,
+    resize_label,
+    rgb_to_hsv,
+    sample_rng,
+)
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "scale", "expected"),
+    [
+        ((480), 640, (2048, 512), (512, 683)),  # short side bound: s = 512/480
+        (1024, 2048, (2048, 1024), (1024, 2048)),  # Cityscapes test scale is the identity
+        (1000, 3000, (2048, 512), (512, 1536)),  # s = min(2048/3000, 512/1000) = 0.512
+        (100, 1000, (512, 2048), (205, 2048)),  # long side bound, bounds in either order
+        (480, 640, 0.5, (240, 320)),  # plain factor
+    ],
+)
+def test_rescale_size(h, w, scale, expected):
+    assert rescale_size(h, w, scale) == expected
+
+
+def _bilinear_reference(img, out_h, out_w):
+    # Half-pixel centres, edge clamping, no antialiasing (OpenCV INTER_LINEAR), float64 loops.
+    in_h, in_w = img.shape[:2]
+    out = np.zeros((out_h, out_w, img.shape[2]))
+    for i in range(out_h):
+        y = max((i + 0.5) * in_h / out_h - 0.5, 0)
+        y0 = min(int(np.floor(y)), in_h - 1)
+        y1, fy = min(y0 + 1, in_h - 1), y - y0
+        for j in range(out_w):
+            x = max((j + 0.5) * in_w / out_w - 0.5, 0)
+            x0 = min(int(np.floor(x)), in_w - 1)
+            x1, fx = min(x0 + 1, in_w - 1), x - x0
+            top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+            bottom = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+            out[i, j] = top * (1 - fy) + bottom * fy
+    return out
+
+
+@pytest.mark.parametrize("out_size", [(9, 4), (3, 13), (5, 7)])
+def test_resize_image_is_bilinear_half_pixel(out_size):
+    img = _image(5, 7)
+    got = resize_image(img, out_size)
+    assert got.dtype == np.uint8 and got.shape == (*out_size, 3)
+    expected = _bilinear_reference(img.astype(np.float64), *out_size)
+    assert np.abs(got.astype(np.float64) - expected).max() <= 0.5 + 1e-4
+
+
+def test_resize_label_nearest_rule():
+    label = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    got = resize_label(label, (8, 3))
+    expected = np.array([[label[i * 4 // 8, j * 6 // 3] for j in range(3)] for i in range(8)])
+    np.testing.assert_array_equal(got, expected)
+    assert set(np.unique(resize_label(label, (3, 11)))) <= set(np.unique(label))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_resize_replays_ratio(seed):
+    img, label = _image(48, 64, seed), np.zeros((48, 64), np.uint8)
+    out_img, out_label = random_resize(img, label, (2048, 512), (0.5, 2.0), np.random.default_rng(seed))
+    ratio = np.random.default_rng(seed).random() * 1.5 + 0.5
+    expected = rescale_size(48, 64, (int(2048 * ratio), int(512 * ratio)))
+    assert out_img.shape[:2] == expected == out_label.shape
+
+
+def test_random_crop_offsets_without_category_check():
+    img, label = _image(40, 50), np.arange(2000).reshape(40, 50).astype(np.int64)
+    out_img, out_label = random_crop(img, label, (16, 20), cat_max_ratio=1.0, rng=np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    y1, x1 = rng.integers(0, 40 - 16 + 1), rng.integers(0, 50 - 20 + 1)
+    np.testing.assert_array_equal(out_label, label[y1 : y1 + 16, x1 : x1 + 20])
+    np.testing.assert_array_equal(out_img, img[y1 : y1 + 16, x1 : x1 + 20])
+
+
+def _replay_cat_crop(label, crop, seed, ratio=0.75, ignore=255, tries=10):
+    """The accepted box by mmseg's rule, drawn from a generator with the same seed."""
+    rng = np.random.default_rng(seed)
+
+    def box():
+        y1 = rng.integers(0, max(label.shape[0] - crop[0], 0) + 1)
+        x1 = rng.integers(0, max(label.shape[1] - crop[1], 0) + 1)
+        return y1, x1
+
+    y1, x1 = box()
+    for _ in range(tries):
+        values, counts = np.unique(label[y1 : y1 + crop[0], x1 : x1 + crop[1]], return_counts=True)
+        counts = counts[values != ignore]
+        if len(counts) > 1 and counts.max() / counts.sum() < ratio:
+            break
+        y1, x1 = box()
+    return y1, x1, rng
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_crop_category_ratio(seed):
+    # Class 1 fills a 12x12 corner of a 40x40 class-0 map: most 16x16 crops are rejected (>75% one class).
+    label = np.zeros((40, 40), np.uint8)
+    label[:12, :12] = 1
+    label[30:, 30:] = 255
+    img = _image(40, 40, seed)
+    rng = np.random.default_rng(seed)
+    _, out = random_crop(img, label, (16, 16), 0.75, 255, rng)
+    y1, x1, replay = _replay_cat_crop(label, (16, 16), seed)
+    np.testing.assert_array_equal(out, label[y1 : y1 + 16, x1 : x1 + 16])
+    assert rng.random() == replay.random()  # same number of draws
+
+
+@pytest.mark.parametrize("fill", [7, 255])
+def test_random_crop_uses_eleventh_box_after_ten_rejections(fill):
+    label = np.full((40, 40), fill, np.uint8)  # one class, or nothing labelled: every check fails
+    rng = np.random.default_rng(11)
+    random_crop(_image(40, 40), label, (16, 16), 0.75, 255, rng)
+    replay = np.random.default_rng(11)
+    replay.integers(0, 25, size=22)  # 11 boxes x 2 offsets
+    assert rng.random() == replay.random()
+
+
+def test_random_crop_ignores_255_and_keeps_small_images():
+    label = np.full((20, 20), 255, np.uint8)
+    label[:, :2], label[:, 2:4] = 1, 2  # 50/50 among labelled pixels: first box accepted
+    rng = np.random.default_rng(0)
+    random_crop(_image(20, 20), label, (20, 20), 0.75, 255, rng)
+    replay = np.random.default_rng(0)
+    replay.integers(0, 1, size=2)
+    assert rng.random() == replay.random()
+    small_img, small_label = random_crop(_image(10, 12), np.zeros((10, 12), np.uint8), (16, 16), 1.0)
+    assert small_img.shape == (10, 12, 3) and small_label.shape == (10, 12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_flip(seed):
+    img, label = _image(4, 5), np.arange(20).reshape(4, 5)
+    out_img, out_label = random_flip(img, label, 0.5, np.random.default_rng(seed))
+    if np.random.default_rng(seed).random() < 0.5:
+        np.testing.assert_array_equal(out_label, label[:, ::-1])
+        np.testing.assert_array_equal(out_img, img[:, ::-1])
+    else:
+        np.testing.assert_array_equal(out_label, label)
+
+
+def test_hsv_known_colours():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128], [255, 255, 0], [0, 0, 0]]], np.uint8)
+    expected = [[0, 255, 255], [60, 255, 255], [120, 255, 255], [0, 0, 128], [30, 255, 255], [0, 0, 0]]
+    np.testing.assert_array_equal(rgb_to_hsv(rgb)[0], expected)
+    np.testing.assert_array_equal(hsv_to_rgb(rgb_to_hsv(rgb)), rgb)
+
+
+def test_hsv_matches_colorsys():
+    rgb = _image(16, 16, 5)
+    hsv = rgb_to_hsv(rgb).astype(np.float64)
+    back = hsv_to_rgb(rgb_to_hsv(rgb)).astype(np.float64)
+    for (r, g, b), (h, s, v), rb in zip(rgb.reshape(-1, 3), hsv.reshape(-1, 3), back.reshape(-1, 3), strict=True):
+        ref_h, ref_s, ref_v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+        hue_err = abs(h - ref_h * 180) % 180
+        assert min(hue_err, 180 - hue_err) <= 0.55  # fixed-point reciprocal (OpenCV: 12 bits)
+        assert abs(s - ref_s * 255) <= 0.55 and v == max(r, g, b)
+        ref_rgb = np.array(colorsys.hsv_to_rgb((h / 180) % 1.0, s / 255, v / 255)) * 255
+        assert np.abs(rb - ref_rgb).max() <= 0.5 + 1e-4
+
+
+def _replay_photometric(img, seed):
+    """PhotoMetricDistortion written out from its formulas; returns the image and the steps taken."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    out = img.astype(np.float32)
+
+    def clip_trunc(x):
+        return np.clip(x, 0, 255).astype(np.uint8).astype(np.float32)
+
+    if rng.integers(2):
+        out = clip_trunc(out + rng.uniform(-32, 32))
+        steps.append("brightness")
+    mode = rng.integers(2)
+    if mode == 1 and rng.integers(2):
+        out = clip_trunc(out * rng.uniform(0.5, 1.5))
+        steps.append("contrast")
+    if rng.integers(2):
+        hsv = rgb_to_hsv(out.astype(np.uint8))
+        hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * rng.uniform(0.5, 1.5), 0, 255).astype(np.uint8)
+        out = hsv_to_rgb(hsv).astype(np.float32)
+        steps.append("saturation")
+    if rng.integers(2):
+        hsv = rgb_to_hsv(out.astype(np.uint8))
+        delta = rng.integers(-18, 18)
+        assert -18 <= delta <= 17
+        hsv[..., 0] = (hsv[..., 0].astype(int) + delta) % 180
+        out = hsv_to_rgb(hsv).astype(np.float32)
+        steps.append("hue")
+    if mode == 0 and rng.integers(2):
+        out = clip_trunc(out * rng.uniform(0.5, 1.5))
+        steps.append("contrast")
+    return out.astype(np.uint8), steps
+
+
+def test_photometric_distortion_replays_formulas():
+    img = _image(12, 10, 1)
+    orders = set()
+    for seed in range(40):
+        got = photometric_distortion(img, np.random.default_rng(seed))
+        expected, steps = _replay_photometric(img, seed)
+        np.testing.assert_array_equal(got, expected)
+        orders.add(tuple(steps))
+    # Both contrast positions and every step occurred among the seeds.
+    assert any(s and s[-1] == "contrast" and ("hue" in s or "saturation" in s) for s in orders)
+    assert any("contrast" in s and s.index("contrast") < len(s) - 1 for s in orders)
+    assert {"brightness", "saturation", "hue"} <= {step for s in orders for step in s}
+
+
+def test_normalize_and_pad():
+    img = _image(5, 6)
+    x = normalize(img)
+    assert x.shape == (3, 5, 6) and x.dtype == torch.float32
+    assert x[1, 2, 3].item() == pytest.approx((img[2, 3, 1] - MEAN[1]) / STD[1], rel=1e-6)
+    np.testing.assert_array_equal(denormalize(x), img)
+    labels = torch.ones(5, 6, dtype=torch.long)
+    px, lb = pad_to_size(x, labels, (8, 7))
+    assert px.shape == (3, 8, 7) and lb.shape == (8, 7)
+    assert torch.equal(px[:, :5, :6], x) and (px[:, 5:] == 0).all() and (px[:, :, 6:] == 0).all()
+    assert (lb[5:] == 255).all() and (lb[:, 6:] == 255).all() and (lb[:5, :6] == 1).all()
+
+
+def test_train_transform_pipeline():
+    img, label = _image(60, 80), np.random.default_rng(1).integers(0, 4, size=(60, 80)).astype(np.uint8)
+    transform = TrainTransform(scale=(128, 32), crop_size=(24, 40))
+    out = transform(img, label, np.random.default_rng(0))
+    assert out["pixel_values"].shape == (3, 24, 40) and out["labels"].shape == (24, 40)
+    assert out["labels"].dtype == torch.int64
+    assert set(out["labels"].unique().tolist()) <= {0, 1, 2, 3, 255}
+    # The resized image is at most 32 px high (ratio <= 2 of a 32 short side -> <= 64): padding shows up as 255.
+    again = transform(img, label, np.random.default_rng(0))
+    assert torch.equal(out["pixel_values"], again["pixel_values"]) and torch.equal(out["labels"], again["labels"])
+    other = transform(img, label, np.random.default_rng(1))
+    assert not torch.equal(out["pixel_values"], other["pixel_values"])
+
+
+def test_eval_transform_keeps_original_size():
+    img, label = _image(30, 20), np.full((30, 20), 3, np.uint8)
+    out = EvalTransform()(img, label)
+    assert out["pixel_values"].shape == (3, 30, 20) and torch.equal(out["labels"], torch.full((30, 20), 3))
+
+
+class _AugmentedCopies(torch.utils.data.Dataset):
+    def __init__(self):
+        self.img = _image(40, 40, 3)
+        self.label = (np.arange(1600).reshape(40, 40) % 5).astype(np.uint8)
+        self.transform = TrainTransform(scale=(64, 32), crop_size=(16, 16))
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return self.transform(self.img, self.label)["pixel_values"]
+
+
+def _epoch(seed):
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(_AugmentedCopies(), batch_size=1, num_workers=2)
+    return torch.cat(list(loader))
+
+
+def test_worker_seeding_differs_per_worker_and_reproduces():
+    first, second = _epoch(0), _epoch(0)
+    assert torch.equal(first, second)
+    # Items 0 and 1 come from different workers: identical inputs must get different augmentations.
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first, _epoch(1))
+
+
+def test_sample_rng_follows_torch_seed():
+    torch.manual_seed(5)
+    a = sample_rng().random()
+    torch.manual_seed(5)
+    assert sample_rng().random() == a

@@ -1,0 +1,679 @@
+"""Dataset presets, loading and label mapping for ADE20K, Cityscapes, COCO-Stuff-164k and generic datasets.
+
+Sources: a Hub id, or a local path holding parquet files, a ``save_to_disk`` folder, or paired image folders
+(``images/<split>/...`` + ``annotations/<split>/...``; Cityscapes' ``leftImg8bit``/``gtFine``). Image columns are
+read undecoded and decoded here, so a broken file fails with the row and column named. Label maps are read as
+index arrays (``np.array(PIL)``) and never colour-converted; each preset maps raw values to train ids through a
+lookup table, 255 = ignore, and rejects values outside its raw range.
+
+Run ``python training/data.py --dataset ade20k --source PATH --split validation --verify_labels 20`` for a
+one-shot histogram of the raw label values of the first rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script: import the repository, and keep training/ off sys.path (training/evaluate.py would shadow the
+    # `evaluate` library).
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from training.transforms import IGNORE_INDEX, EvalTransform, TrainTransform
+
+METAINFO_PATH = Path(__file__).with_name("metainfo.json")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Interchangeable split names: the presets' Hub datasets disagree ("validation" vs "val").
+SPLIT_ALIASES = (
+    ("train", "training", "train2017"),
+    ("validation", "val", "valid", "val2017"),
+    ("test", "testing", "test2017"),
+)
+
+# Cityscapes labelIds 0..33 -> trainIds (cityscapesScripts helpers/labels.py); everything else is ignored.
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+# COCO-Stuff stuffthingmaps values 0..181 (COCO id - 1) without annotations; the other 171 become 0..170.
+COCO_STUFF_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+
+
+class DataError(ValueError):
+    """A dataset that does not match its preset: missing column or split, bad row, out-of-range label value."""
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """Everything needed to read one benchmark: columns, splits, raw-label mapping, classes and mmseg scales.
+
+    ``label_lut[v]`` is the train id of raw label value ``v`` (255 = ignore, -1 = not a valid raw value).
+    Scales follow mmseg: ``train_scale``/``test_scale`` are (long, short) keep-ratio bounds, ``crop_size`` (h, w).
+    """
+
+    name: str
+    image_column: str
+    label_column: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    label_lut: np.ndarray = field(repr=False)
+    raw_range: str  # human-readable description of valid raw values, for error messages
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_scale: tuple[int, int] = (2048, 512)
+    crop_size: tuple[int, int] = (512, 512)
+    test_scale: tuple[int, int] = (2048, 512)
+    slide_crop: tuple[int, int] = (512, 512)
+    slide_stride: tuple[int, int] = (341, 341)
+    hub_id: str | None = None
+    hub_revision: str | None = None
+    hub_data_dir: str | None = None
+    # Paired-folder layout: candidate top-level folder names and the file-name endings that pair image and label.
+    image_dirs: tuple[str, ...] = ("images", "image", "img")
+    label_dirs: tuple[str, ...] = ("annotations", "labels", "label", "masks", "ann")
+    image_suffix: str = ""
+    label_suffix: str = ".png"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.class_names))
+
+    def invalid_values(self, values: np.ndarray) -> np.ndarray:
+        """The distinct entries of ``values`` that are not valid raw labels of this preset."""
+        values = np.unique(np.asarray(values))
+        outside = (values < 0) | (values >= len(self.label_lut))
+        unmapped = self.label_lut[np.clip(values, 0, len(self.label_lut) - 1)] < 0
+        return values[outside | unmapped]
+
+    def map_labels(self, raw: np.ndarray, where: str = "") -> np.ndarray:
+        """Raw label map -> uint8 train ids; raises :class:`DataError` naming ``where`` and the bad values."""
+        raw = np.asarray(raw)
+        if raw.dtype.kind not in "iub":
+            raise DataError(f"{where}label map has dtype {raw.dtype}; expected an integer index image")
+        if raw.size and (raw.min() < 0 or raw.max() >= len(self.label_lut) or self.label_lut[raw].min() < 0):
+            bad = _short(self.invalid_values(raw))
+            raise DataError(f"{where}label values {bad} are outside the {self.name} range ({self.raw_range})")
+        return self.label_lut[raw].astype(np.uint8)
+
+
+def _short(values: np.ndarray, limit: int = 10) -> str:
+    values = [int(v) for v in values]
+    return str(values[:limit])[:-1] + (f", ... ({len(values)} values)]" if len(values) > limit else "]")
+
+
+def _lut(pairs: dict[int, int], size: int = 256) -> np.ndarray:
+    lut = np.full(size, -1, dtype=np.int16)
+    for raw, train_id in pairs.items():
+        lut[raw] = train_id
+    return lut
+
+
+def _metainfo(name: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    info = json.loads(METAINFO_PATH.read_text())[name]
+    return tuple(info["classes"]), tuple(tuple(int(c) for c in rgb) for rgb in info["palette"])
+
+
+def default_palette(num_labels: int) -> tuple[tuple[int, int, int], ...]:
+    """A fixed pseudo-random palette for datasets without one."""
+    colours = np.random.default_rng(0).integers(0, 256, size=(num_labels, 3))
+    return tuple(tuple(int(c) for c in rgb) for rgb in colours)
+
+
+PRESET_NAMES = ("ade20k", "cityscapes", "coco_stuff", "generic")
+
+
+def get_preset(
+    name: str,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    num_labels: int | None = None,
+    reduce_labels: bool = False,
+    class_names: Sequence[str] | None = None,
+    label_encoding: str = "labelIds",
+) -> DatasetPreset:
+    """The preset ``name`` (``ade20k``, ``cityscapes``, ``coco_stuff`` or ``generic``), columns overridable.
+
+    ``generic`` needs ``num_labels`` (or ``class_names``); with ``reduce_labels`` raw 0 is ignored and v -> v-1
+    (the ADE20K convention), otherwise raw values are train ids already (0..num_labels-1, 255 ignored).
+    ``label_encoding`` is for Cityscapes: ``labelIds`` (0..33, the official ``*_gtFine_labelIds.png``) or
+    ``trainIds`` (0..18 + 255).
+    """
+    if name == "ade20k":
+        classes, palette = _metainfo("ade20k")
+        preset = DatasetPreset(
+            name="ade20k",
+            image_column="image",
+            label_column="annotation",
+            class_names=classes,
+            palette=palette,
+            # PNG 0 = "other objects" -> ignore; 1..150 -> 0..149 (mmseg reduce_zero_label).
+            label_lut=_lut({0: IGNORE_INDEX, **{v: v - 1 for v in range(1, 151)}}),
+            raw_range="annotation PNG 0..150 with 0 = other; values 255 suggest labels that were already reduced, "
+            "use the generic preset without reduce_labels for those",
+            hub_id="zhoubolei/scene_parse_150",
+            hub_revision="refs/convert/parquet",
+            hub_data_dir="scene_parsing",
+        )
+    elif name == "cityscapes":
+        classes, palette = _metainfo("cityscapes")
+        if label_encoding == "labelIds":
+            lut = _lut({v: IGNORE_INDEX for v in range(34)} | {v: i for i, v in enumerate(CITYSCAPES_LABEL_IDS)})
+            raw_range = "labelIds 0..33; pass label_encoding='trainIds' for 0..18/255 maps"
+            label_suffix = "_gtFine_labelIds.png"
+        elif label_encoding == "trainIds":
+            lut = _lut({v: v for v in range(19)} | {IGNORE_INDEX: IGNORE_INDEX})
+            raw_range, label_suffix = "trainIds 0..18 and 255", "_gtFine_labelTrainIds.png"
+        else:
+            raise ValueError(f"label_encoding must be 'labelIds' or 'trainIds', got {label_encoding!r}")
+        preset = DatasetPreset(
+            name="cityscapes",
+            image_column="image",
+            label_column="semantic_segmentation",
+            class_names=classes,
+            palette=palette,
+            label_lut=lut,
+            raw_range=raw_range,
+            train_scale=(2048, 1024),
+            crop_size=(512, 1024),
+            test_scale=(2048, 1024),
+            slide_crop=(1024, 1024),
+            slide_stride=(768, 768),
+            hub_id="Chris1/cityscapes",
+            image_dirs=("leftImg8bit", "images"),
+            label_dirs=("gtFine", "annotations", "labels"),
+            image_suffix="_leftImg8bit",
+            label_suffix=label_suffix,
+        )
+    elif name == "coco_stuff":
+        classes, palette = _metainfo("coco_stuff")
+        kept = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
+        pairs = {v: IGNORE_INDEX for v in range(182)} | {v: i for i, v in enumerate(kept)} | {255: IGNORE_INDEX}
+        preset = DatasetPreset(
+            name="coco_stuff",
+            image_column="image",
+            label_column="mask",
+            class_names=classes,
+            palette=palette,
+            label_lut=_lut(pairs),
+            raw_range="stuffthingmaps values 0..181 and 255 (unlabeled)",
+            eval_split="val",
+            hub_id="GATE-engine/COCOStuff164K",
+            label_dirs=("annotations", "stuffthingmaps_trainval2017", "labels"),
+        )
+    elif name == "generic":
+        if class_names is None:
+            if num_labels is None:
+                raise ValueError("the generic preset needs num_labels (or class_names)")
+            class_names = [f"class_{i}" for i in range(num_labels)]
+        class_names = tuple(class_names)
+        if num_labels is not None and num_labels != len(class_names):
+            raise ValueError(f"num_labels={num_labels} but {len(class_names)} class names were given")
+        k = len(class_names)
+        if not 0 < k < IGNORE_INDEX:
+            raise ValueError(f"num_labels must be in 1..254 (255 is the ignore index), got {k}")
+        if reduce_labels:
+            pairs = {0: IGNORE_INDEX, **{v: v - 1 for v in range(1, k + 1)}, IGNORE_INDEX: IGNORE_INDEX}
+            raw_range = f"0..{k} with 0 ignored (reduce_labels), and 255"
+        else:
+            pairs = {**{v: v for v in range(k)}, IGNORE_INDEX: IGNORE_INDEX}
+            raw_range = f"0..{k - 1} and 255 (ignore)"
+        preset = DatasetPreset(
+            name="generic",
+            image_column=image_column or "image",
+            label_column=label_column or "label",
+            class_names=class_names,
+            palette=default_palette(k),
+            label_lut=_lut(pairs),
+            raw_range=raw_range,
+        )
+    else:
+        raise ValueError(f"unknown dataset preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    overrides = {k: v for k, v in (("image_column", image_column), ("label_column", label_column)) if v}
+    return replace(preset, **overrides) if overrides else preset
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def split_candidates(split: str) -> list[str]:
+    """``split`` followed by its aliases (``validation`` <-> ``val`` ...)."""
+    for group in SPLIT_ALIASES:
+        if split in group:
+            return [split] + [s for s in group if s != split]
+    return [split]
+
+
+def _pick_split(available: Sequence[str], split: str, source: str) -> str:
+    for candidate in split_candidates(split):
+        if candidate in available:
+            return candidate
+    raise DataError(f"split {split!r} not found in {source}; available splits: {sorted(available)}")
+
+
+def _find_folder_pairs(root: Path, split: str, preset: DatasetPreset) -> datasets.Dataset | None:
+    """Paired image/label folders (``<image_dir>/<split>/**`` and ``<label_dir>/<split>/**``), or None."""
+    image_root = next(
+        (root / d / s for d in preset.image_dirs for s in split_candidates(split) if (root / d / s).is_dir()), None
+    )
+    if image_root is None:
+        return None
+    label_root = next(
+        (root / d / image_root.name for d in preset.label_dirs if (root / d / image_root.name).is_dir()), None
+    )
+    if label_root is None:
+        raise DataError(
+            f"{root}: found images in {image_root} but no label folder {'|'.join(preset.label_dirs)}/{image_root.name}"
+        )
+
+    def key(path: Path, base: Path, suffix: str) -> str:
+        rel = path.relative_to(base).as_posix()
+        rel = rel[: -len(suffix)] if suffix and rel.endswith(suffix) else rel.rsplit(".", 1)[0]
+        return rel[: -len(preset.image_suffix)] if preset.image_suffix and rel.endswith(preset.image_suffix) else rel
+
+    images = {
+        key(p, image_root, ""): p
+        for p in sorted(image_root.rglob("*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    }
+    labels = {key(p, label_root, preset.label_suffix): p for p in sorted(label_root.rglob(f"*{preset.label_suffix}"))}
+    missing = [k for k in images if k not in labels]
+    if missing:
+        raise DataError(
+            f"{len(missing)} images in {image_root} have no label '*{preset.label_suffix}' in {label_root}, "
+            f"e.g. {missing[:3]}"
+        )
+    names = sorted(images)
+    table = {preset.image_column: [str(images[k]) for k in names], preset.label_column: [str(labels[k]) for k in names]}
+    features = datasets.Features({preset.image_column: datasets.Image(), preset.label_column: datasets.Image()})
+    return datasets.Dataset.from_dict(table, features=features)
+
+
+def _load_saved(folder: Path, source: str, split: str) -> datasets.Dataset:
+    # datasets cannot reload an empty saved split (IndexError): detect it from the state file instead.
+    if not json.loads((folder / "state.json").read_text()).get("_data_files"):
+        raise DataError(f"split {split!r} of {source} is empty")
+    return datasets.load_from_disk(str(folder))
+
+
+def load_split(
+    preset: DatasetPreset,
+    source: str | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    data_dir: str | None = None,
+) -> tuple[datasets.Dataset, str]:
+    """Load one split of ``source`` (Hub id or local path; default: the preset's Hub dataset).
+
+    Returns the ``Dataset`` and the split name found (aliases such as ``val`` for ``validation`` are tried).
+    Checks that the split exists, is not empty, and has the preset's image and label columns.
+    """
+    split = split or preset.eval_split
+    if source is None:
+        if preset.hub_id is None:
+            raise DataError(f"the {preset.name} preset has no default source; pass a Hub id or a local path")
+        source, revision, data_dir = preset.hub_id, revision or preset.hub_revision, data_dir or preset.hub_data_dir
+    path = Path(source)
+    if path.is_file():
+        fmt = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json"}.get(path.suffix)
+        if fmt is None:
+            raise DataError(f"{source}: unsupported file type; use parquet, a save_to_disk folder or image folders")
+        # A single file is taken to be the requested split.
+        ds = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split)
+    elif path.is_dir() and (path / "dataset_dict.json").is_file():
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        split = _pick_split(names, split, source)
+        ds = _load_saved(path / split, source, split)
+    elif path.is_dir() and (path / "state.json").is_file():
+        ds = _load_saved(path, source, split)  # a single saved split: used as the requested one
+    elif path.is_dir() and (folder := _find_folder_pairs(path, split, preset)) is not None:
+        ds = folder
+    else:
+        # Hub id or a local folder of parquet/arrow files: let `datasets` infer the splits.
+        kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+        if data_dir:
+            kwargs["data_dir"] = data_dir
+        try:  # split names from metadata, without downloading or preparing any split
+            candidates = [_pick_split(datasets.get_dataset_split_names(source, **kwargs), split, source)]
+        except DataError:
+            raise
+        except Exception:  # no metadata: try the aliases one by one
+            candidates = split_candidates(split)
+        errors = []
+        for candidate in candidates:
+            try:
+                ds = datasets.load_dataset(source, split=candidate, **kwargs)
+                split = candidate
+                break
+            except ValueError as err:  # unknown split name: try the next alias
+                if "corresponds to no data" in str(err):
+                    raise DataError(f"split {candidate!r} of {source} is empty") from err
+                if "split" not in str(err).lower():
+                    raise
+                errors.append(str(err))
+        else:
+            raise DataError(f"split {split!r} not found in {source}: {errors[-1]}")
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(f"{source}: expected a map-style Dataset, got {type(ds).__name__}")
+    missing = [c for c in (preset.image_column, preset.label_column) if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"{source} (split {split!r}) has no column {', '.join(map(repr, missing))}; columns are {ds.column_names}. "
+            "Pass --image_column/--label_column to choose others."
+        )
+    if len(ds) == 0:
+        raise DataError(f"split {split!r} of {source} is empty")
+    return ds, split
+
+
+# ---------------------------------------------------------------------------------------------------- row reading
+def _open(value: Any, where: str) -> Image.Image | np.ndarray:
+    """A PIL image from an undecoded ``Image`` cell ({'bytes', 'path'}), a path, or an array-like cell."""
+    if value is None:
+        raise DataError(f"{where}is empty (None)")
+    try:
+        if isinstance(value, dict) and ("bytes" in value or "path" in value):
+            data, path = value.get("bytes"), value.get("path")
+            image = Image.open(io.BytesIO(data)) if data else Image.open(path)
+        elif isinstance(value, (str, Path)):
+            image = Image.open(value)
+        elif isinstance(value, Image.Image):
+            image = value
+        else:
+            return np.asarray(value)
+        image.load()
+        return image
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises several types for truncated or non-image data
+        raise DataError(f"{where}cannot be read as an image: {type(err).__name__}: {err}") from err
+
+
+def read_image(value: Any, where: str = "") -> np.ndarray:
+    """Decode an image cell to uint8 RGB (H, W, 3); grey, palette and RGBA images are converted."""
+    image = _open(value, where)
+    if isinstance(image, Image.Image):
+        image = np.array(image if image.mode == "RGB" else image.convert("RGB"))  # a writable copy for torch
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise DataError(f"{where}expected an RGB uint8 image, got shape {image.shape} dtype {image.dtype}")
+    return image
+
+
+def read_label(value: Any, where: str = "") -> np.ndarray:
+    """Decode a label cell to an (H, W) index array with ``np.array`` (palette indices kept, never colour-converted).
+
+    A three-channel map is accepted only when all channels are equal (ids stored as grey RGB); a colour-coded
+    mask raises.
+    """
+    label = np.asarray(_open(value, where))
+    if label.ndim == 3:
+        if not (np.array_equal(label[..., 0], label[..., 1]) and np.array_equal(label[..., 0], label[..., -1])):
+            raise DataError(
+                f"{where}label map has {label.shape[-1]} different channels (a colour-coded mask?); "
+                "expected a single-channel index image"
+            )
+        label = label[..., 0]
+    if label.ndim != 2:
+        raise DataError(f"{where}label map has shape {label.shape}; expected (height, width)")
+    return label
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """A torch Dataset over one split: decode, check, map labels to train ids, then ``transform``.
+
+    Items are ``{"pixel_values", "labels", "index"}``; with :class:`~training.transforms.EvalTransform` the labels
+    keep their original size for scoring.
+    """
+
+    def __init__(self, hf_dataset: datasets.Dataset, preset: DatasetPreset, transform: Any, split: str = "") -> None:
+        columns = [preset.image_column, preset.label_column]
+        ds = hf_dataset.select_columns(columns)
+        # Undecoded cells: decoding happens in __getitem__ (in DataLoader workers) with row-level error messages.
+        for column in columns:
+            if isinstance(ds.features[column], datasets.Image) and ds.features[column].decode:
+                ds = ds.cast_column(column, datasets.Image(decode=False))
+        self.dataset = ds
+        self.preset = preset
+        self.transform = transform
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded image and the *raw* label map of row ``index`` (no mapping, no transform)."""
+        row = self.dataset[int(index)]
+        where = f"row {index}{f' of split {self.split!r}' if self.split else ''}: "
+        image = read_image(row[self.preset.image_column], f"{where}column '{self.preset.image_column}' ")
+        label = read_label(row[self.preset.label_column], f"{where}column '{self.preset.label_column}' ")
+        if image.shape[:2] != label.shape:
+            raise DataError(
+                f"{where}image is {image.shape[1]}x{image.shape[0]} (WxH) but label "
+                f"'{self.preset.label_column}' is {label.shape[1]}x{label.shape[0]}"
+            )
+        return image, label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, raw = self.raw_item(index)
+        where = f"row {index}{f' of split {self.split!r}' if self.split else ''}, column '{self.preset.label_column}': "
+        label = self.preset.map_labels(raw, where)
+        item = self.transform(image, label)
+        item["index"] = int(index)
+        return item
+
+
+def build_dataset(
+    preset: DatasetPreset | str,
+    source: str | None = None,
+    split: str | None = None,
+    train: bool = False,
+    transform: Any = None,
+    crop_size: Sequence[int] | None = None,
+    train_scale: Sequence[int] | None = None,
+    revision: str | None = None,
+    data_dir: str | None = None,
+    max_samples: int | None = None,
+) -> SegmentationDataset:
+    """A :class:`SegmentationDataset` for training (mmseg augmentation) or evaluation (original-size labels).
+
+    ``preset`` is a :class:`DatasetPreset` or a preset name; ``split`` defaults to the preset's train or eval split;
+    ``crop_size``/``train_scale`` override the preset's (e.g. 640 crops and (2560, 640) for ADE20K-640).
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    split = split or (preset.train_split if train else preset.eval_split)
+    ds, split = load_split(preset, source, split, revision, data_dir)
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    if transform is None:
+        transform = (
+            TrainTransform(train_scale or preset.train_scale, crop_size or preset.crop_size)
+            if train
+            else EvalTransform()
+        )
+    return SegmentationDataset(ds, preset, transform, split)
+
+
+# -------------------------------------------------------------------------------------------------- batching
+def collate_train(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack equally sized training samples into ``pixel_values`` (B, 3, H, W) and ``labels`` (B, H, W)."""
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "labels": torch.stack([s["labels"] for s in samples]),
+    }
+
+
+def collate_eval(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Keep evaluation samples (of different sizes) as lists; ``index`` is a tensor of dataset row numbers."""
+    return {
+        "pixel_values": [s["pixel_values"] for s in samples],
+        "labels": [s["labels"] for s in samples],
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+    }
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed ``random`` and numpy's global RNG from the worker's torch seed.
+
+    The transforms draw from :func:`training.transforms.sample_rng` (torch's per-worker RNG) and need no help; this
+    covers other code that draws from the global ``random``/``numpy.random`` generators.
+    """
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Rows ``rank, rank + world_size, ...``: every row exactly once across processes, no padding duplicates.
+
+    Shards differ in length by at most one; combine per-process metric states with a sum (see
+    :class:`training.metrics.SegmentationMetric`).
+    """
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.num_samples, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+# ------------------------------------------------------------------------------------------------ label check
+def verify_labels(dataset: SegmentationDataset, num_rows: int) -> dict[str, Any]:
+    """Histogram of raw label values (and train ids) over the first ``num_rows`` rows; raises on bad values.
+
+    Every bad row is listed in one :class:`DataError`, so one run shows the whole extent of an encoding mismatch.
+    """
+    preset = dataset.preset
+    raw_hist: dict[int, int] = {}
+    problems = []
+    rows = min(int(num_rows), len(dataset))
+    for index in range(rows):
+        _, raw = dataset.raw_item(index)
+        values, counts = np.unique(raw, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            raw_hist[value] = raw_hist.get(value, 0) + count
+        bad = preset.invalid_values(values)
+        if len(bad):
+            problems.append(f"row {index}: values {_short(bad)}")
+    raw_hist = dict(sorted(raw_hist.items()))
+    train_hist: dict[int, int] = {}
+    for value, count in raw_hist.items():
+        if not len(preset.invalid_values(np.array([value]))):
+            train_id = int(preset.label_lut[value])
+            train_hist[train_id] = train_hist.get(train_id, 0) + count
+    report = {
+        "preset": preset.name,
+        "rows_checked": rows,
+        "raw_histogram": raw_hist,
+        "train_id_histogram": dict(sorted(train_hist.items())),
+    }
+    if problems:
+        raise DataError(
+            f"label check failed for column '{preset.label_column}' ({preset.name}: {preset.raw_range}) in "
+            f"{len(problems)} of {rows} rows: " + "; ".join(problems[:20]) + f". Raw histogram: {raw_hist}"
+        )
+    return report
+
+
+def format_histogram(report: dict[str, Any], preset: DatasetPreset) -> str:
+    """A readable table of a :func:`verify_labels` report."""
+    lines = [f"{preset.name}: raw label values over {report['rows_checked']} rows (value -> train id, pixels)"]
+    total = max(sum(report["raw_histogram"].values()), 1)
+    for value, count in report["raw_histogram"].items():
+        train_id = int(preset.label_lut[value])
+        name = "ignore" if train_id == IGNORE_INDEX else preset.class_names[train_id]
+        lines.append(f"  {value:>5} -> {train_id:>3} {name:<24} {count:>12} ({100 * count / total:5.2f}%)")
+    return "\n".join(lines)
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset command-line options shared by the training and evaluation scripts."""
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--dataset", default="ade20k", choices=PRESET_NAMES, help="dataset preset")
+    group.add_argument(
+        "--source",
+        "--dataset_path",
+        dest="source",
+        default=None,
+        help="Hub id or local path (parquet, save_to_disk folder, image folders); default: preset's",
+    )
+    group.add_argument("--split", default=None, help="split name (default: the preset's train/eval split)")
+    group.add_argument("--revision", default=None, help="Hub revision")
+    group.add_argument("--data_dir", default=None, help="sub-directory of the Hub dataset")
+    group.add_argument("--image_column", default=None)
+    group.add_argument("--label_column", default=None)
+    group.add_argument("--num_labels", type=int, default=None, help="generic preset: number of classes")
+    group.add_argument("--reduce_labels", action="store_true", help="generic preset: raw 0 = ignore, v -> v-1")
+    group.add_argument("--class_names", default=None, help="generic preset: JSON list file or comma-separated names")
+    group.add_argument(
+        "--label_encoding", default="labelIds", choices=("labelIds", "trainIds"), help="cityscapes: raw label encoding"
+    )
+    group.add_argument(
+        "--verify_labels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="check the raw label values of the first N rows first (histogram; fail if out of range)",
+    )
+
+
+def preset_from_args(args: argparse.Namespace) -> DatasetPreset:
+    """The :class:`DatasetPreset` selected by :func:`add_dataset_arguments` options."""
+    class_names = None
+    if args.class_names:
+        path = Path(args.class_names)
+        class_names = json.loads(path.read_text()) if path.is_file() else args.class_names.split(",")
+        if isinstance(class_names, dict):  # an id2label mapping
+            class_names = [class_names[k] for k in sorted(class_names, key=int)]
+    return get_preset(
+        args.dataset,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        num_labels=args.num_labels,
+        reduce_labels=args.reduce_labels,
+        class_names=class_names,
+        label_encoding=args.label_encoding,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: the label check of :func:`verify_labels`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(parser)
+    args = parser.parse_args(argv)
+    preset = preset_from_args(args)
+    dataset = build_dataset(preset, args.source, args.split, revision=args.revision, data_dir=args.data_dir)
+    print(f"{args.source or preset.hub_id} split {dataset.split!r}: {len(dataset)} rows")
+    if args.verify_labels:
+        try:
+            report = verify_labels(dataset, args.verify_labels)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(format_histogram(report, preset))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Evaluate a semantic segmentation model on ADE20K, Cityscapes, COCO-Stuff or a generic dataset.
+
+    python training/evaluate.py --model DIR_OR_HUB_ID --dataset ade20k --mode ss|slide|ms [--source PATH]
+    accelerate launch training/evaluate.py ...          # the same, sharded over processes
+
+Modes (MMSegmentation / Mask2Former protocol): ``ss`` resizes keep-ratio to the benchmark's test scale and runs the
+whole image; ``slide`` does the same with overlapping crops; ``ms`` averages softmax over the ratios 0.5..1.75 of
+the test scale and their horizontal flips (``--ms_inference slide`` for crops at every scale). Predictions are
+always scored at the original label resolution. Each process evaluates a disjoint shard and the confusion matrices
+are summed, so every image counts exactly once. Writes ``eval_results.json`` and colour overlays of the first
+``--num_overlays`` images (image blended with the prediction, beside the image blended with the ground truth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script: import the repository, and keep training/ off sys.path, where this file would shadow the
+    # `evaluate` library for every module imported afterwards.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
+from modeling_segret.inference_segret import DEFAULT_SCALES, segment
+from training.data import (
+    DataError,
+    DatasetPreset,
+    SegmentationDataset,
+    ShardSampler,
+    add_dataset_arguments,
+    build_dataset,
+    collate_eval,
+    format_histogram,
+    preset_from_args,
+    verify_labels,
+)
+from training.metrics import SegmentationMetric, format_table
+from training.transforms import IGNORE_INDEX, MEAN, STD, EvalTransform, denormalize
+
+MODES = ("ss", "slide", "ms")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow the model's own code from the Hub")
+    add_dataset_arguments(parser)
+    group = parser.add_argument_group("inference")
+    group.add_argument("--mode", default="ss", choices=MODES)
+    group.add_argument("--ms_inference", default="whole", choices=("whole", "slide"), help="per-scale mode for ms")
+    group.add_argument(
+        "--test_scale",
+        type=int,
+        nargs=2,
+        metavar=("LONG", "SHORT"),
+        default=None,
+        help="keep-ratio test resize bounds (default: the preset's, e.g. 2048 512)",
+    )
+    group.add_argument(
+        "--no_test_resize",
+        action="store_true",
+        help="no test resize: ss at the original size, ms ratios of the image size (mmseg 1.x)",
+    )
+    group.add_argument("--crop_size", type=int, nargs=2, metavar=("H", "W"), default=None, help="sliding window")
+    group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="sliding window")
+    group.add_argument("--crop_batch_size", type=int, default=4, help="sliding-window crops per forward pass")
+    group.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), help="ms ratios")
+    group.add_argument("--no_flip", action="store_true", help="ms without horizontal flips")
+    group = parser.add_argument_group("evaluation")
+    group.add_argument(
+        "--miou_mode",
+        default="mmseg",
+        choices=("mmseg", "d2"),
+        help="exclude classes with zero union (mmseg, evaluate) or without labels (detectron2)",
+    )
+    group.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N rows")
+    group.add_argument("--batch_size", type=int, default=1, help="images per step (equal sizes are stacked)")
+    group.add_argument("--num_workers", type=int, default=2)
+    group.add_argument("--output_dir", default="outputs/eval", help="eval_results.json and overlays/ go here")
+    group.add_argument("--num_overlays", type=int, default=8, help="colour overlays of the first N images")
+    return parser.parse_args(argv)
+
+
+def colorize(label_map: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 palette colours; ids outside the palette (ignore) are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)[:256]
+    return lut[np.clip(label_map, 0, 255)]
+
+
+def overlay(
+    image: np.ndarray, pred: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5
+) -> Image.Image:
+    """Side by side: the image blended with the prediction, and with the ground truth (ignored pixels unblended)."""
+
+    def blend(label_map: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        mixed = (1 - alpha) * image + alpha * colorize(label_map, palette)
+        return np.where(keep[..., None], image, mixed).round().astype(np.uint8)
+
+    left = blend(pred, np.zeros(pred.shape, bool))
+    right = blend(label, label == IGNORE_INDEX)
+    gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+    return Image.fromarray(np.concatenate([left, gap, right], axis=1))
+
+
+def _normalization(model: str, trust_remote_code: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std in 0..255 units from the model's image processor config, else MMSegmentation's ImageNet values."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return MEAN, STD
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if mean is None or std is None:
+        return MEAN, STD
+    factor = 1 / processor.rescale_factor if getattr(processor, "do_rescale", False) else 1.0
+    return tuple(float(m) * factor for m in mean), tuple(float(s) * factor for s in std)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None  # strict JSON has no NaN: a class that never occurred
+    return value
+
+
+def inference_settings(
+    preset: DatasetPreset,
+    mode: str = "ss",
+    test_scale: Sequence[int] | None = None,
+    no_test_resize: bool = False,
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    ms_inference: str = "whole",
+) -> dict[str, Any]:
+    """Keyword arguments of :func:`~modeling_segret.inference_segret.segment` for ``mode`` ss, slide or ms.
+
+    Unset sizes come from the preset (benchmark test scale, sliding-window crop and stride).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    settings: dict[str, Any] = {"test_scale": None if no_test_resize else tuple(test_scale or preset.test_scale)}
+    if mode == "ms":
+        settings.update(mode=ms_inference, scales=tuple(scales), flip=flip)
+    else:
+        settings.update(mode="whole" if mode == "ss" else "slide", scales=(1.0,), flip=False)
+    if settings["mode"] == "slide":
+        settings.update(crop_size=tuple(crop_size or preset.slide_crop), stride=tuple(stride or preset.slide_stride))
+    return settings
+
+
+def _predict_batch(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    settings: dict[str, Any],
+    device: torch.device,
+    crop_batch_size: int,
+    autocast_dtype: torch.dtype | None,
+) -> list[torch.Tensor]:
+    # Equally sized images go through one forward pass; otherwise one image at a time.
+    if all(x.shape == images[0].shape for x in images):
+        groups = [(torch.stack(images), labels[0].shape)]
+    else:
+        groups = [(x[None], y.shape) for x, y in zip(images, labels, strict=True)]
+    preds = []
+    for pixel_values, label_size in groups:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            pred = segment(
+                model, pixel_values.to(device), output_size=label_size, batch_size=crop_batch_size, **settings
+            )
+        preds.extend(pred)
+    return preds
+
+
+def evaluate_segmentation(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    preset: DatasetPreset | None = None,
+    mode: str = "ss",
+    device: torch.device | str | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    show_progress: bool = True,
+    miou_mode: str = "mmseg",
+    crop_batch_size: int = 4,
+    autocast_dtype: torch.dtype | None = None,
+    overlay_dir: str | Path | None = None,
+    num_overlays: int = 0,
+    **settings: Any,
+) -> dict[str, Any]:
+    """mIoU of ``model`` on an evaluation ``dataset`` (original-size labels), exact under ``torch.distributed``.
+
+    Each process takes the rows ``rank, rank + world_size, ...`` and the confusion matrices are summed, so every row
+    counts once; call it on every process. ``settings`` override :func:`inference_settings` (``test_scale``,
+    ``crop_size``, ``stride``, ``scales``, ``flip``, ``ms_inference``, ``no_test_resize``). Overlays of the rows
+    below ``num_overlays`` go to ``overlay_dir``. Returns :meth:`SegmentationMetric.compute` plus ``inference``.
+    """
+    preset = preset or dataset.preset
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    inference = inference_settings(preset, mode, **settings)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world), num_workers=num_workers,
+        collate_fn=collate_eval,
+    )  # fmt: skip
+    mean, std = getattr(dataset.transform, "mean", MEAN), getattr(dataset.transform, "std", STD)
+    metric = SegmentationMetric(preset.num_labels, IGNORE_INDEX)
+    was_training = model.training
+    model.eval()
+    progress = tqdm(total=len(dataset), desc=f"{preset.name} {mode}", disable=not show_progress)
+    for batch in loader:
+        images, labels, indices = batch["pixel_values"], batch["labels"], batch["index"].tolist()
+        preds = _predict_batch(model, images, labels, inference, device, crop_batch_size, autocast_dtype)
+        for index, image, pred, label in zip(indices, images, preds, labels, strict=True):
+            metric.update(pred, label.to(pred.device))
+            if overlay_dir is not None and index < num_overlays:
+                Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+                picture = overlay(denormalize(image, mean, std), pred.cpu().numpy(), label.numpy(), preset.palette)
+                picture.save(Path(overlay_dir) / f"{index:05d}.png")
+        # Counts the images of all processes (the shards advance at about the same pace).
+        progress.update(min(len(indices) * world, progress.total - progress.n))
+    progress.close()
+    model.train(was_training)
+    scores = metric.compute(mode=miou_mode)  # all-reduces across processes
+    if scores["num_samples"] != len(dataset):
+        raise RuntimeError(f"evaluated {scores['num_samples']} images, expected {len(dataset)}")
+    scores["inference"] = {k: list(v) if isinstance(v, tuple) else v for k, v in inference.items()}
+    return scores
+
+
+@torch.no_grad()
+def save_overlays(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    preset: DatasetPreset | None,
+    output_dir: str | Path,
+    num_overlays: int,
+    mode: str = "ss",
+    device: torch.device | str | None = None,
+    **settings: Any,
+) -> list[Path]:
+    """Overlays (image + prediction beside image + ground truth) of the first ``num_overlays`` rows."""
+    preset = preset or dataset.preset
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    inference = inference_settings(preset, mode, **settings)
+    mean, std = getattr(dataset.transform, "mean", MEAN), getattr(dataset.transform, "std", STD)
+    was_training = model.training
+    model.eval()
+    paths = []
+    for index in range(min(num_overlays, len(dataset))):
+        item = dataset[index]
+        pred = _predict_batch(model, [item["pixel_values"]], [item["labels"]], inference, device, 4, None)[0]
+        picture = overlay(denormalize(item["pixel_values"], mean, std), pred.cpu().numpy(), item["labels"].numpy(),
+                          preset.palette)  # fmt: skip
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        paths.append(Path(output_dir) / f"{index:05d}.png")
+        picture.save(paths[-1])
+    model.train(was_training)
+    return paths
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation described by ``args``; returns the results written to ``eval_results.json``."""
+    # accelerate treats a multi-process launch on a machine without GPUs as distributed only with cpu=True;
+    # otherwise every process would evaluate the whole set.
+    accelerator = Accelerator(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    if dist.is_initialized() and dist.get_world_size() != accelerator.num_processes:
+        raise RuntimeError(f"{dist.get_world_size()} processes, but accelerate sees {accelerator.num_processes}")
+    preset = preset_from_args(args)
+    mean, std = _normalization(args.model, args.trust_remote_code)
+    dataset = build_dataset(
+        preset, args.source, args.split, transform=EvalTransform(mean, std), revision=args.revision,
+        data_dir=args.data_dir, max_samples=args.max_samples,
+    )  # fmt: skip
+    if args.verify_labels and accelerator.is_main_process:
+        print(format_histogram(verify_labels(dataset, args.verify_labels), preset))
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    if model.config.num_labels != preset.num_labels:
+        raise ValueError(
+            f"the model predicts {model.config.num_labels} classes but the {preset.name} preset has "
+            f"{preset.num_labels}; pick the matching --dataset (or --num_labels for the generic preset)"
+        )
+    model.to(accelerator.device).eval()
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+    start = time.perf_counter()
+    scores = evaluate_segmentation(
+        model, dataset, preset, args.mode, device=accelerator.device, batch_size=args.batch_size,
+        num_workers=args.num_workers, show_progress=accelerator.is_main_process, miou_mode=args.miou_mode,
+        crop_batch_size=args.crop_batch_size, autocast_dtype=autocast_dtype,
+        overlay_dir=Path(args.output_dir) / "overlays", num_overlays=args.num_overlays,
+        test_scale=args.test_scale, no_test_resize=args.no_test_resize, crop_size=args.crop_size, stride=args.stride,
+        scales=args.scales, flip=not args.no_flip, ms_inference=args.ms_inference,
+    )  # fmt: skip
+    inference = scores["inference"]
+    test_scale = inference.pop("test_scale")
+    results = {
+        "model": args.model,
+        "dataset": preset.name,
+        "source": args.source or preset.hub_id,
+        "split": dataset.split,
+        "mode": args.mode,
+        "inference": inference,
+        "test_scale": test_scale,
+        "miou_mode": args.miou_mode,
+        "num_samples": scores["num_samples"],
+        "num_processes": accelerator.num_processes,
+        "mIoU": round(100 * scores["mean_iou"], 2),
+        "mAcc": round(100 * scores["mean_accuracy"], 2),
+        "aAcc": round(100 * scores["overall_accuracy"], 2),
+        "mean_iou": scores["mean_iou"],
+        "mean_accuracy": scores["mean_accuracy"],
+        "overall_accuracy": scores["overall_accuracy"],
+        "per_class": [
+            {"id": i, "name": name, "iou": _json_ready(float(iou)), "accuracy": _json_ready(float(acc))}
+            for i, (name, iou, acc) in enumerate(
+                zip(preset.class_names, scores["per_category_iou"], scores["per_category_accuracy"], strict=True)
+            )
+        ],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    if accelerator.is_main_process:
+        print(format_table(scores, preset.class_names))
+        output = Path(args.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {output / 'eval_results.json'}")
+    accelerator.wait_for_everyone()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 on a data error, with the row named)."""
+    args = parse_args(argv)
+    try:
+        evaluate(args)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
