@@ -134,7 +134,7 @@ def default_palette(num_labels: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(tuple(int(c) for c in rgb) for rgb in colours)
 
 
-PRESET_NAMES = ("ade20k", "cityscapes", "coco_stuff", "generic")
+PRESET_NAMES = ("ade20k", "cityscapes", "coco_stuff", "generic", "synthetic")
 
 
 def get_preset(
@@ -242,6 +242,10 @@ def get_preset(
             label_lut=_lut(pairs),
             raw_range=raw_range,
         )
+    elif name == "synthetic":
+        from training.synthetic import synthetic_preset  # the demo scenes; imports this module
+
+        preset = synthetic_preset()
     else:
         raise ValueError(f"unknown dataset preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     overrides = {k: v for k, v in (("image_column", image_column), ("label_column", label_column)) if v}
@@ -469,10 +473,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return image, label
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get_item(index)
+
+    def get_item(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Item ``index`` with the transform's random draws taken from ``rng`` (default: a per-worker stream)."""
         image, raw = self.raw_item(index)
         where = f"row {index}{f' of split {self.split!r}' if self.split else ''}, column '{self.preset.label_column}': "
         label = self.preset.map_labels(raw, where)
-        item = self.transform(image, label)
+        item = self.transform(image, label, rng)
         item["index"] = int(index)
         return item
 

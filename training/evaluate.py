@@ -222,6 +222,7 @@ def evaluate_segmentation(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world), num_workers=num_workers,
         collate_fn=collate_eval,
+        generator=torch.Generator(),  # no draw from the global RNG: evaluating mid-training keeps resumes exact
     )  # fmt: skip
     mean, std = getattr(dataset.transform, "mean", MEAN), getattr(dataset.transform, "std", STD)
     metric = SegmentationMetric(preset.num_labels, IGNORE_INDEX)
@@ -279,6 +280,33 @@ def save_overlays(
     return paths
 
 
+def summarize(scores: dict[str, Any], preset: DatasetPreset, split: str, mode: str, **context: Any) -> dict[str, Any]:
+    """The `eval_results.json` record: `context` (model, source, ...), settings, summary metrics, per-class rows."""
+    inference = dict(scores["inference"])
+    test_scale = inference.pop("test_scale")
+    return {
+        **context,
+        "dataset": preset.name,
+        "split": split,
+        "mode": mode,
+        "inference": inference,
+        "test_scale": test_scale,
+        "num_samples": scores["num_samples"],
+        "mIoU": round(100 * scores["mean_iou"], 2),
+        "mAcc": round(100 * scores["mean_accuracy"], 2),
+        "aAcc": round(100 * scores["overall_accuracy"], 2),
+        "mean_iou": scores["mean_iou"],
+        "mean_accuracy": scores["mean_accuracy"],
+        "overall_accuracy": scores["overall_accuracy"],
+        "per_class": [
+            {"id": i, "name": name, "iou": _json_ready(float(iou)), "accuracy": _json_ready(float(acc))}
+            for i, (name, iou, acc) in enumerate(
+                zip(preset.class_names, scores["per_category_iou"], scores["per_category_accuracy"], strict=True)
+            )
+        ],
+    }
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by ``args``; returns the results written to ``eval_results.json``."""
     # accelerate treats a multi-process launch on a machine without GPUs as distributed only with cpu=True;
@@ -312,33 +340,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         test_scale=args.test_scale, no_test_resize=args.no_test_resize, crop_size=args.crop_size, stride=args.stride,
         scales=args.scales, flip=not args.no_flip, ms_inference=args.ms_inference,
     )  # fmt: skip
-    inference = scores["inference"]
-    test_scale = inference.pop("test_scale")
-    results = {
-        "model": args.model,
-        "dataset": preset.name,
-        "source": args.source or preset.hub_id,
-        "split": dataset.split,
-        "mode": args.mode,
-        "inference": inference,
-        "test_scale": test_scale,
-        "miou_mode": args.miou_mode,
-        "num_samples": scores["num_samples"],
-        "num_processes": accelerator.num_processes,
-        "mIoU": round(100 * scores["mean_iou"], 2),
-        "mAcc": round(100 * scores["mean_accuracy"], 2),
-        "aAcc": round(100 * scores["overall_accuracy"], 2),
-        "mean_iou": scores["mean_iou"],
-        "mean_accuracy": scores["mean_accuracy"],
-        "overall_accuracy": scores["overall_accuracy"],
-        "per_class": [
-            {"id": i, "name": name, "iou": _json_ready(float(iou)), "accuracy": _json_ready(float(acc))}
-            for i, (name, iou, acc) in enumerate(
-                zip(preset.class_names, scores["per_category_iou"], scores["per_category_accuracy"], strict=True)
-            )
-        ],
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    results = summarize(
+        scores, preset, dataset.split, args.mode,
+        model=args.model, source=args.source or preset.hub_id, miou_mode=args.miou_mode,
+        num_processes=accelerator.num_processes,
+    )  # fmt: skip
+    results["seconds"] = round(time.perf_counter() - start, 2)
     if accelerator.is_main_process:
         print(format_table(scores, preset.class_names))
         output = Path(args.output_dir)
