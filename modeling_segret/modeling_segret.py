@@ -7,7 +7,9 @@ Meet Vision Transformers" (https://arxiv.org/abs/2309.11523). Inside the backbon
 """
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,21 +37,34 @@ class SegRetDropPath(nn.Module):
         keep_prob = 1.0 - self.drop_prob
         mask_shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
         keep_mask = hidden_states.new_empty(mask_shape).bernoulli_(keep_prob)
-        return hidden_states * keep_mask / keep_prob
+        return hidden_states * keep_mask.div_(keep_prob)  # one pass over the activations, not two
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
 
 
 class SegRetDepthwiseConv(nn.Conv2d):
-    """Depth-wise k×k convolution (with bias, "same" padding) applied to a channels-last tensor."""
+    """Depth-wise k×k convolution (with bias, "same" padding) applied to a channels-last tensor.
 
-    def __init__(self, channels: int, kernel_size: int) -> None:
+    With `residual=True` it returns `x + conv(x)` as a single convolution: the identity is itself a depth-wise
+    convolution (a 1 at the centre tap), so it is added to the kernel, which saves a pass over the activations.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, residual: bool = False) -> None:
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.residual = residual
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if self.residual:
+            centre = self.kernel_size[0] // 2
+            weight = weight.clone()
+            weight[:, :, centre, centre] += 1
         # (B, H, W, C) -> (B, C, H, W) is a view with channels-last strides, which the convolution keeps.
-        return super().forward(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        output = F.conv2d(
+            hidden_states.permute(0, 3, 1, 2), weight, self.bias, padding=self.padding, groups=self.groups
+        )
+        return output.permute(0, 2, 3, 1)
 
 
 class SegRetConvNormLayer(nn.Module):
@@ -79,20 +94,38 @@ class SegRetEmbeddings(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden_states = pixel_values
+        # Channels-last convolutions are faster on CPU and make the (B, H/4, W/4, C) output below contiguous, which
+        # the stage's linear layers need to avoid copying their inputs.
+        hidden_states = pixel_values.contiguous(memory_format=torch.channels_last)
         for layer in self.layers:
             hidden_states = layer(hidden_states)
         return hidden_states.permute(0, 2, 3, 1)  # (B, C, H/4, W/4) -> (B, H/4, W/4, C)
 
 
-def rotate_every_two(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Maps each channel pair (x_2i, x_2i+1) to (-x_2i+1, x_2i)."""
-    even, odd = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
-    return torch.stack((-odd, even), dim=-1).flatten(-2)
+def apply_rotary_position(hidden_states: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """RMT's rotation `x * cos + rot(x) * sin`, rot mapping each channel pair (x_2i, x_2i+1) to (-x_2i+1, x_2i).
+
+    Both channels of a pair share one angle, so this is the complex product (x_2i + i x_2i+1) * exp(i angle): one
+    kernel instead of five (and two in the backward pass instead of seven). `rotation` is complex64 (complex128
+    for float64 models); half-precision inputs are rotated in float32 and rounded back.
+    """
+    pairs = torch.view_as_complex(hidden_states.to(rotation.real.dtype).unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(hidden_states.dtype)
 
 
-def apply_rotary_position(hidden_states: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    return hidden_states * cos + rotate_every_two(hidden_states) * sin
+class SegRetPositionTables(NamedTuple):
+    """Everything the retention blocks of one stage need about token positions, for one input size.
+
+    `decay_masks` are additive attention masks, each 4-D (1, num_heads, queries, keys) so that
+    `scaled_dot_product_attention` takes its fused kernels (a 3-D mask sends the CPU to the unfused path):
+    - "decomposed": the masks along columns (1, N, H, H) and along rows (1, N, W, W);
+    - "global": one mask per block of queries, (1, N, queries in the block, H*W), in raster order. Small maps have
+      one block, the whole (1, N, H*W, H*W) mask; large maps have one block per image row, each a view into a
+      table of size N*W*(2H-1)*W, so the quadratic mask is never materialised (see `SegRetRelativePosition`).
+    """
+
+    rotation: torch.Tensor  # (H, W, 1, head_dim / 2), complex: exp(i * angle) of each token and channel pair
+    decay_masks: tuple[torch.Tensor, ...]
 
 
 class SegRetRelativePosition(nn.Module):
@@ -103,7 +136,16 @@ class SegRetRelativePosition(nn.Module):
     rotates by the raster index, not by a 2-D position. The base tables are computed in float32 as the official
     code (and its checkpoints) did; products are formed in float64 for float64 models and in float32 otherwise,
     then cast to the compute dtype, so bfloat16 models do not lose the angles' precision.
+
+    The tables depend only on (height, width, dtype, device); the last `max_cached_sizes` of them are kept in a
+    plain attribute (not a buffer: nothing is saved, and modules built on the meta device start empty). They are
+    built outside inference mode and autograd, so tables first made under `torch.inference_mode` also serve
+    training. Under `torch.compile` they are computed inside the graph instead.
     """
+
+    max_cached_sizes = 8
+    # Above this many elements (64 MiB in float32) the global mask is split into per-row views of a small table.
+    max_dense_mask_elements = 2**24
 
     def __init__(self, head_dim: int, num_heads: int, init_value: float, head_range: float, mode: str) -> None:
         super().__init__()
@@ -112,6 +154,7 @@ class SegRetRelativePosition(nn.Module):
         self.init_value = init_value
         self.head_range = head_range
         self.mode = mode
+        self._cached_tables: OrderedDict[tuple, SegRetPositionTables] = OrderedDict()
 
     def base_tables(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The official `angle` (head_dim,) and `decay` (num_heads,) tables, in float32."""
@@ -121,27 +164,52 @@ class SegRetRelativePosition(nn.Module):
         decay = torch.log(1 - 2 ** (-self.init_value - self.head_range * head_index / self.num_heads))
         return angle, decay
 
-    def forward(
-        self, height: int, width: int, dtype: torch.dtype, device: torch.device
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+    def forward(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> SegRetPositionTables:
+        if torch.compiler.is_compiling():
+            return self.compute_tables(height, width, dtype, device)
+        key = (height, width, dtype, device)
+        tables = self._cached_tables.get(key)
+        if tables is None:
+            with torch.inference_mode(False), torch.no_grad():
+                tables = self.compute_tables(height, width, dtype, device)
+            self._cached_tables[key] = tables
+            if len(self._cached_tables) > self.max_cached_sizes:
+                self._cached_tables.popitem(last=False)
+        else:
+            self._cached_tables.move_to_end(key)
+        return tables
+
+    def compute_tables(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> SegRetPositionTables:
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         angle, decay = (table.to(table_dtype) for table in self.base_tables(device))
 
         raster_index = torch.arange(height * width, dtype=table_dtype, device=device)
-        phase = (raster_index[:, None] * angle[None, :]).reshape(height, width, 1, self.head_dim)
-        rotation = (phase.sin().to(dtype), phase.cos().to(dtype))  # each (H, W, 1, head_dim)
+        phase = raster_index[:, None] * angle[None, 0::2]  # both channels of a pair share an angle
+        rotation = torch.polar(torch.ones_like(phase), phase).reshape(height, width, 1, self.head_dim // 2)
+        decay = decay[:, None, None]
 
-        if self.mode == "global":
+        if self.mode == "decomposed":
+            decay_masks = tuple(
+                (self._distance_1d(length, table_dtype, device) * decay).to(dtype)[None] for length in (height, width)
+            )  # (1, N, H, H) and (1, N, W, W)
+        elif self.num_heads * (height * width) ** 2 <= self.max_dense_mask_elements:
             rows = torch.arange(height, dtype=table_dtype, device=device).repeat_interleave(width)
             cols = torch.arange(width, dtype=table_dtype, device=device).repeat(height)
             distance = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
-            decay_masks = ((distance * decay[:, None, None]).to(dtype),)  # (num_heads, H*W, H*W)
+            decay_masks = ((distance * decay).to(dtype)[None],)  # (1, N, H*W, H*W)
         else:
+            # The mask is block-Toeplitz in the row offset: between query (r, c) and key (r', c') it only depends on
+            # r' - r and (c, c'). table[n, c, j, c'] holds the decay at row offset j - (H - 1), so the mask of
+            # query row r is the contiguous slice j = H-1-r ... 2H-2-r, a view with the same values as the full mask.
+            row_offset = self._distance_1d(2 * height - 1, table_dtype, device)[height - 1]  # |j - (H - 1)|
+            column_distance = self._distance_1d(width, table_dtype, device)
+            distance = row_offset[None, :, None] + column_distance[:, None, :]  # (W, 2H-1, W)
+            table = (distance * decay[..., None]).to(dtype)  # (N, W, 2H-1, W)
             decay_masks = tuple(
-                (self._distance_1d(length, table_dtype, device) * decay[:, None, None]).to(dtype)
-                for length in (height, width)
-            )  # (num_heads, H, H) and (num_heads, W, W)
-        return rotation, decay_masks
+                table[:, :, height - 1 - row : 2 * height - 1 - row].reshape(1, self.num_heads, width, -1)
+                for row in range(height)
+            )  # H masks (1, N, W, H*W)
+        return SegRetPositionTables(rotation, decay_masks)
 
     @staticmethod
     def _distance_1d(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -157,7 +225,9 @@ class SegRetRetention(nn.Module):
 
     "global" attends over all tokens with the 2-D Manhattan decay; "decomposed" attends along each row, then along
     each column of the row result, with 1-D decays. A depth-wise 5×5 convolution of the values (LePE) is added to
-    the output. Both modes run through `scaled_dot_product_attention` on 4-D tensors (the fused CPU/GPU kernels).
+    the output. Both modes run through `scaled_dot_product_attention` on 4-D views of the projections (the fused
+    CPU/GPU kernels, no copies for batch size 1). RMT scales the keys before rotating them; since the rotation is
+    linear, the scale is passed to the attention call instead.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mode: str) -> None:
@@ -172,50 +242,45 @@ class SegRetRetention(nn.Module):
         self.lepe = SegRetDepthwiseConv(hidden_size, kernel_size=5)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        rotation: tuple[torch.Tensor, torch.Tensor],
-        decay_masks: tuple[torch.Tensor, ...],
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, positions: SegRetPositionTables) -> torch.Tensor:
         batch_size, height, width, hidden_size = hidden_states.shape
         heads_shape = (batch_size, height, width, self.num_heads, self.head_dim)
-        sin, cos = rotation
 
         value = self.v_proj(hidden_states)
         local_enhancement = self.lepe(value)
-        # Keys are scaled before the (linear) rotation, as in RMT; the attention call then uses scale 1.
-        query = apply_rotary_position(self.q_proj(hidden_states).view(heads_shape), sin, cos)
-        key = apply_rotary_position((self.k_proj(hidden_states) * self.scaling).view(heads_shape), sin, cos)
+        query = apply_rotary_position(self.q_proj(hidden_states).view(heads_shape), positions.rotation)
+        key = apply_rotary_position(self.k_proj(hidden_states).view(heads_shape), positions.rotation)
         value = value.view(heads_shape)
 
-        if self.mode == "global":
-            (decay_mask,) = decay_masks
+        def attend(query, key, value, mask):
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scaling)
 
-            def to_sequence(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B, N, H*W, d)
+        if self.mode == "global":
+
+            def to_sequence(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B, N, H*W, d), a view
                 return states.reshape(batch_size, height * width, self.num_heads, self.head_dim).transpose(1, 2)
 
-            output = F.scaled_dot_product_attention(
-                to_sequence(query), to_sequence(key), to_sequence(value), attn_mask=decay_mask, scale=1.0
-            )
+            query, key, value = to_sequence(query), to_sequence(key), to_sequence(value)
+            block_size = positions.decay_masks[0].shape[-2]
+            outputs = [
+                attend(query_block, key, value, mask)
+                for query_block, mask in zip(query.split(block_size, dim=2), positions.decay_masks)
+            ]
+            output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
             output = output.transpose(1, 2).reshape(batch_size, height, width, hidden_size)
         else:
-            height_mask, width_mask = decay_masks
+            height_mask, width_mask = positions.decay_masks
 
-            def to_rows(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B*H, N, W, d)
-                return states.transpose(2, 3).reshape(batch_size * height, self.num_heads, width, self.head_dim)
+            def to_rows(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B*H, N, W, d), a view
+                return states.reshape(batch_size * height, width, self.num_heads, self.head_dim).transpose(1, 2)
 
             def to_columns(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B*W, N, H, d)
                 return states.permute(0, 2, 3, 1, 4).reshape(batch_size * width, self.num_heads, height, self.head_dim)
 
-            along_rows = F.scaled_dot_product_attention(
-                to_rows(query), to_rows(key), to_rows(value), attn_mask=width_mask, scale=1.0
-            )
+            along_rows = attend(to_rows(query), to_rows(key), to_rows(value), width_mask)
             # (B*H, N, W, d) -> (B, H, W, N, d), the values of the column pass
             along_rows = along_rows.view(batch_size, height, self.num_heads, width, self.head_dim).transpose(2, 3)
-            output = F.scaled_dot_product_attention(
-                to_columns(query), to_columns(key), to_columns(along_rows), attn_mask=height_mask, scale=1.0
-            )
+            output = attend(to_columns(query), to_columns(key), to_columns(along_rows), height_mask)
             # (B*W, N, H, d) -> (B, H, W, N*d)
             output = output.view(batch_size, width, self.num_heads, height, self.head_dim).permute(0, 3, 1, 2, 4)
             output = output.reshape(batch_size, height, width, hidden_size)
@@ -230,13 +295,13 @@ class SegRetFeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.activation = nn.GELU()
-        self.dwconv = SegRetDepthwiseConv(intermediate_size, kernel_size=3) if depthwise_conv else None
+        self.dwconv = SegRetDepthwiseConv(intermediate_size, kernel_size=3, residual=True) if depthwise_conv else None
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.activation(self.fc1(hidden_states))
         if self.dwconv is not None:
-            hidden_states = hidden_states + self.dwconv(hidden_states)
+            hidden_states = self.dwconv(hidden_states)  # hidden_states + DWConv(hidden_states)
         return self.fc2(hidden_states)
 
 
@@ -246,7 +311,7 @@ class SegRetLayer(GradientCheckpointingLayer):
     def __init__(self, config: SegRetConfig, stage_index: int, drop_path: float) -> None:
         super().__init__()
         hidden_size = config.embed_dims[stage_index]
-        self.position_encoding = SegRetDepthwiseConv(hidden_size, kernel_size=3)
+        self.position_encoding = SegRetDepthwiseConv(hidden_size, kernel_size=3, residual=True)
         self.retention_norm = nn.LayerNorm(hidden_size, eps=1e-6)
         self.retention = SegRetRetention(
             hidden_size, config.num_heads[stage_index], config.retention_modes[stage_index]
@@ -263,14 +328,9 @@ class SegRetLayer(GradientCheckpointingLayer):
             self.ffn_layer_scale = None
         self.drop_path = SegRetDropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        rotation: tuple[torch.Tensor, torch.Tensor],
-        decay_masks: tuple[torch.Tensor, ...],
-    ) -> torch.Tensor:
-        hidden_states = hidden_states + self.position_encoding(hidden_states)
-        retention_output = self.retention(self.retention_norm(hidden_states), rotation, decay_masks)
+    def forward(self, hidden_states: torch.Tensor, positions: SegRetPositionTables) -> torch.Tensor:
+        hidden_states = self.position_encoding(hidden_states)  # hidden_states + DWConv(hidden_states)
+        retention_output = self.retention(self.retention_norm(hidden_states), positions)
         if self.retention_layer_scale is not None:
             retention_output = self.retention_layer_scale * retention_output
         hidden_states = hidden_states + self.drop_path(retention_output)
@@ -306,9 +366,9 @@ class SegRetStage(nn.Module):
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         _, height, width, _ = hidden_states.shape
-        rotation, decay_masks = self.relative_position(height, width, hidden_states.dtype, hidden_states.device)
+        positions = self.relative_position(height, width, hidden_states.dtype, hidden_states.device)
         for block in self.blocks:
-            hidden_states = block(hidden_states, rotation, decay_masks)
+            hidden_states = block(hidden_states, positions)
         return hidden_states
 
 
@@ -363,6 +423,13 @@ class SegRetDecodeHead(nn.Module):
     Each stage map F_i goes to C channels through a per-pixel linear map plus a zero-initialised 1×1 convolution
     (ZIR, the residual that starts as a no-op), is upsampled to stride 4, and the four are concatenated as
     [F4, F3, F2, F1] and fused by Conv1×1 (4C→C, no bias) + BatchNorm + ReLU, then Dropout2d and a 1×1 classifier.
+
+    At inference (eval mode with autograd off) the same function runs folded: every map up to the ReLU is linear
+    and bilinear upsampling commutes with channel mixing, so the decoder before the ReLU equals
+    sum_i up(M_i F_i) + b with one C×c_i matrix M_i per stage, applied at the stage's own resolution. That skips
+    the 4C-channel concatenation at stride 4 and most of the decoder's multiply-adds. The folded weights are
+    recomputed from the current parameters and BatchNorm statistics on every call (about 63M multiply-adds for
+    C = 256), so they can never be stale; with autograd on, or in training, the decoder runs as written.
     """
 
     def __init__(self, config: SegRetConfig) -> None:
@@ -379,6 +446,14 @@ class SegRetDecodeHead(nn.Module):
 
     def forward(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, c_i, H/2^(i+1), W/2^(i+1)) for i = 1..4 -> logits (B, num_labels, H/4, W/4)."""
+        if self.training or torch.is_grad_enabled():
+            fused = self.batch_norm(self.fuse(self.concatenated_projections(stage_maps)))
+        else:
+            fused = self.folded_fuse(stage_maps)
+        return self.classifier(self.dropout(self.activation(fused)))
+
+    def concatenated_projections(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The decoder as written up to the fuse convolution: [F̃4, F̃3, F̃2, F̃1] at stride 4, (B, 4C, H/4, W/4)."""
         output_size = stage_maps[0].shape[2:]
         decoded = []
         for stage_map, projection, residual in zip(stage_maps, self.linear_projections, self.zero_init_residuals):
@@ -386,8 +461,41 @@ class SegRetDecodeHead(nn.Module):
             if stage_decoded.shape[2:] != output_size:
                 stage_decoded = F.interpolate(stage_decoded, size=output_size, mode="bilinear", align_corners=False)
             decoded.append(stage_decoded)
-        fused = self.activation(self.batch_norm(self.fuse(torch.cat(decoded[::-1], dim=1))))
-        return self.classifier(self.dropout(fused))
+        return torch.cat(decoded[::-1], dim=1)
+
+    def folded_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-stage weights M_i (C, c_i, 1, 1) and the bias (C,) of the folded decoder, from the current parameters.
+
+        M_i = diag(s) · Fuse_i · (Linear_i + ZIR_i), with Fuse_i the fuse convolution's input slice of stage i and
+        s the eval-mode BatchNorm scale; the biases of all stages and the BatchNorm shift add up to one bias.
+        Folded in float32 (float64 for float64 models), then cast to the parameters' dtype.
+        """
+        dtype = self.fuse.weight.dtype
+        fold_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        batch_norm = self.batch_norm
+        scale = batch_norm.weight.to(fold_dtype) * torch.rsqrt(batch_norm.running_var.to(fold_dtype) + batch_norm.eps)
+        bias = batch_norm.bias.to(fold_dtype) - batch_norm.running_mean.to(fold_dtype) * scale
+        fuse_slices = self.fuse.weight.to(fold_dtype).flatten(1).chunk(len(self.linear_projections), dim=1)[::-1]
+        weights = []
+        for fuse_slice, projection, residual in zip(fuse_slices, self.linear_projections, self.zero_init_residuals):
+            stage_weight = (projection.weight + residual.weight).to(fold_dtype).flatten(1)  # (C, c_i)
+            stage_bias = (projection.bias + residual.bias).to(fold_dtype)
+            weights.append((scale[:, None] * (fuse_slice @ stage_weight)).to(dtype)[..., None, None])
+            bias = bias + scale * (fuse_slice @ stage_bias)
+        return weights, bias.to(dtype)
+
+    def folded_fuse(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Eval-mode `batch_norm(fuse(concatenated_projections(stage_maps)))`, computed as sum_i up(M_i F_i) + b."""
+        weights, bias = self.folded_weights()
+        output_size = stage_maps[0].shape[2:]
+        fused = None
+        for stage_map, weight in zip(stage_maps, weights):
+            # Upsampling a constant gives the same constant, so the summed bias joins the map at stride 4.
+            stage_fused = F.conv2d(stage_map, weight, bias if fused is None else None)
+            if stage_fused.shape[2:] != output_size:
+                stage_fused = F.interpolate(stage_fused, size=output_size, mode="bilinear", align_corners=False)
+            fused = stage_fused if fused is None else fused.add_(stage_fused)
+        return fused
 
 
 class SegRetPreTrainedModel(PreTrainedModel):
@@ -551,7 +659,10 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
                 f"labels contain {bad_values} which are neither a class index in [0, {num_labels}) nor the ignore "
                 f"index {ignore_index}."
             )
-        upsampled_logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        # Channels-first logits: the log-softmax over channels would otherwise copy the (B, K, H, W) upsampled logits.
+        upsampled_logits = F.interpolate(
+            logits.contiguous(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+        )
         summed_loss = F.cross_entropy(upsampled_logits, labels.long(), ignore_index=ignore_index, reduction="sum")
         if self.config.loss_average_over_all_pixels:
             normalizer = labels.numel()

@@ -55,7 +55,10 @@ def test_training_end_to_end(scenes, tmp_path):
     assert model.config.id2label[0] == "sky" and model.config.num_labels == 8
     assert (output / "preprocessor_config.json").is_file()
     results = json.loads((output / "eval_results.json").read_text())
-    assert 0.0 <= results["mean_iou"] <= 1.0 and [row["name"] for row in results["per_class"]][:2] == ["sky", "vegetation"]
+    assert 0.0 <= results["mean_iou"] <= 1.0 and [row["name"] for row in results["per_class"]][:2] == [
+        "sky",
+        "vegetation",
+    ]
     assert results["num_samples"] == 6
     assert len(list((output / "overlays").glob("*.png"))) == 2
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]

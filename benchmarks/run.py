@@ -1,0 +1,715 @@
+"""SegRet speed and memory benchmarks: `python benchmarks/run.py --device cpu|cuda [--parts ...]`.
+
+Every comparison is timed as interleaved rounds in one fresh process per part (each round runs every contender
+once, the order rotating), so a load change on a shared machine hits all contenders alike; the table reports median
+times and the median of the per-round time ratios. Results go to stdout and to this suite's section of
+BENCHMARKS.md.
+
+CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, unless stated):
+  model     SegRet-Tiny vs transformers' SegFormer-B1 (model-heap: the same with glibc's mmap threshold raised)
+  official  SegRet-Tiny vs the same weights in the official formulation
+  backbone  RMT-T backbone vs the same weights in the official formulation (backbone-heap: threshold raised)
+  variants  SegRet-Small/Base/Large vs their official formulation
+  levers    SegRet-Tiny with one speed lever undone at a time
+  compile   SegRet-Tiny eager vs `torch.compile`
+  train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
+  memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
+GPU parts (`--device cuda`, bfloat16, batch 16): throughput of the four variants and SegFormer-B1, the backbone vs
+the official formulation, a training step, peak GPU memory.
+
+Multiply-adds (MACs) are counted with `torch.utils.flop_counter` on each contender itself (convolutions, linear
+layers and attention products; the fused attention kernels included), so a folded decoder counts fewer. Their
+rate is compared with a float32 (CPU) or bfloat16 (GPU) matrix product timed in the same rounds.
+"""
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
+
+import transformers  # noqa: E402
+from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
+
+import modeling_segret.modeling_segret as segret_modeling  # noqa: E402
+from benchmarks.official_rmt import OfficialRMTBackbone, OfficialSegRet  # noqa: E402
+from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config  # noqa: E402
+
+CPU_PARTS = ("model", "backbone", "variants", "levers", "compile", "train", "memory")
+GPU_PARTS = ("throughput", "backbone", "train")
+VARIANTS = ("tiny", "small", "base", "large")
+NUM_LABELS = 150
+# (m, k, n) of the reference matrix product timed in every round: large enough to reach the device's peak
+MATMUL_SIZES = {"cpu": (2048, 2048, 4096), "cuda": (8192, 8192, 8192)}
+
+
+def segformer_b1() -> SegformerForSemanticSegmentation:
+    """transformers' SegFormer-B1 (random weights), the comparison model of the issue: 13.7M parameters."""
+    config = SegformerConfig(
+        hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], decoder_hidden_size=256, num_labels=NUM_LABELS
+    )
+    return SegformerForSemanticSegmentation(config)
+
+
+def segret(variant: str) -> SegRetForSemanticSegmentation:
+    return SegRetForSemanticSegmentation(segret_variant_config(variant, num_labels=NUM_LABELS))
+
+
+def randomize_decoder_residuals(model: SegRetForSemanticSegmentation) -> None:
+    """Trained-like ZIR weights and BatchNorm statistics, so that folding them is really exercised (not zeros/ones)."""
+    generator = torch.Generator().manual_seed(0)
+    head = model.decode_head
+    with torch.no_grad():
+        for residual in head.zero_init_residuals:
+            residual.weight.copy_(0.02 * torch.randn(residual.weight.shape, generator=generator))
+            residual.bias.copy_(0.02 * torch.randn(residual.bias.shape, generator=generator))
+        head.batch_norm.running_mean.copy_(0.1 * torch.randn(head.batch_norm.running_mean.shape, generator=generator))
+        head.batch_norm.running_var.uniform_(0.5, 2.0, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing and counting
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Contender:
+    name: str
+    run: Callable[[], object]
+    macs: float | None = None  # multiply-adds of one call
+    note: str = ""
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    median_ms: float
+    ratio: float | None = None
+    reference: str = ""
+    target: str = ""
+    met: bool | None = None
+    macs: float | None = None
+    mac_rate: float | None = None
+    peak_fraction: float | None = None
+    memory: str = ""
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def interleaved(contenders: list[Contender], rounds: int, warmup: int, device: torch.device) -> dict[str, list]:
+    """Seconds per call of each contender, `rounds` times, each round running every contender once."""
+    names = [contender.name for contender in contenders]
+    for _ in range(warmup):
+        for contender in contenders:
+            contender.run()
+    synchronize(device)
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            synchronize(device)
+            start = time.perf_counter()
+            contender.run()
+            synchronize(device)
+            times[contender.name].append(time.perf_counter() - start)
+    return times
+
+
+def cpu_flash_attention_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """FlopCounterMode has no formula for the CPU's fused attention kernel: the same count as the GPU kernels."""
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def convolution_backward_flops(grad_output, input, weight, *args, out_val=None) -> int:
+    """One forward convolution's FLOPs per requested gradient (input, weight). FlopCounterMode's own formula
+    counts a grouped convolution's input gradient as a dense one (258× too much for a depth-wise 3×3 of 256)."""
+    transposed, output_mask = args[4], args[-1]
+    if transposed:
+        raise NotImplementedError("transposed convolutions are not used by the benchmarked models")
+    forward = 2 * grad_output.shape[0] * math.prod(grad_output.shape[2:]) * weight.numel()
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+# FlopCounterMode calls these with the tensors themselves, not with their shapes.
+cpu_flash_attention_flops._get_raw = True
+convolution_backward_flops._get_raw = True
+FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_attention_flops,
+    torch.ops.aten.convolution_backward: convolution_backward_flops,
+}
+
+
+def count_macs(function: Callable[[], object]) -> float:
+    """Multiply-adds of one call: half the FLOPs that `FlopCounterMode` counts (matmuls, convolutions, attention)."""
+    with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
+        function()
+    return counter.get_total_flops() / 2
+
+
+def matmul_contender(device: torch.device, dtype: torch.dtype) -> Contender:
+    m, k, n = MATMUL_SIZES[device.type]
+    left = torch.randn(m, k, device=device, dtype=dtype)
+    right = torch.randn(k, n, device=device, dtype=dtype)
+    return Contender(
+        f"matmul {m}×{k}×{n}, {str(dtype).removeprefix('torch.')} (peak reference)",
+        lambda: left @ right,
+        macs=m * k * n,
+    )
+
+
+def timed_rows(
+    group: str,
+    contenders: list[Contender],
+    reference: str,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    matmul: Contender,
+) -> list[Row]:
+    """Runs the contenders and a reference matrix product interleaved; one row per contender."""
+    times = interleaved(contenders + [matmul], rounds, warmup, device)
+    peak_rates = [matmul.macs / seconds for seconds in times[matmul.name]]
+    rows = []
+    for contender in contenders:
+        own = times[contender.name]
+        row = Row(group, contender.name, 1e3 * statistics.median(own), note=contender.note)
+        if contender.name != reference:
+            row.ratio = statistics.median(a / b for a, b in zip(own, times[reference]))
+            row.reference = reference
+        if contender.macs:
+            row.macs = contender.macs
+            row.mac_rate = contender.macs / statistics.median(own)
+            row.peak_fraction = statistics.median(contender.macs / s / peak for s, peak in zip(own, peak_rates))
+        rows.append(row)
+    matmul_row = Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]), macs=matmul.macs)
+    matmul_row.mac_rate = statistics.median(peak_rates)
+    matmul_row.peak_fraction = 1.0
+    return rows + [matmul_row]
+
+
+def relative_difference(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CPU parts
+
+
+def inference(model: torch.nn.Module, pixel_values: torch.Tensor) -> Callable[[], object]:
+    def run():
+        with torch.inference_mode():
+            return model(pixel_values)
+
+    return run
+
+
+def part_model(args, matmul) -> list[Row]:
+    """SegRet-Tiny vs SegFormer-B1, alone in their process (other contenders would change the allocator's state)."""
+    pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
+    model = segret("tiny").eval()
+    randomize_decoder_residuals(model)
+    segformer = segformer_b1().eval()
+    with torch.inference_mode():
+        folded_logits = model(pixel_values).logits
+    unfolded_logits = model(pixel_values).logits.detach()  # eval mode with autograd on: the decoder unfolded
+    difference = f"logits vs the unfolded decoder: {relative_difference(folded_logits, unfolded_logits):.1e} relative"
+    segformer_parameters = sum(p.numel() for p in segformer.parameters()) / 1e6
+    contenders = [
+        Contender("SegRet-Tiny", inference(model, pixel_values), note=difference),
+        Contender("SegFormer-B1", inference(segformer, pixel_values), note=f"{segformer_parameters:.2f}M parameters"),
+    ]
+    for contender in contenders:
+        contender.macs = count_macs(contender.run)
+    group = f"inference {args.image_size}², batch 1"
+    rows = timed_rows(group, contenders, "SegFormer-B1", args.rounds, 1, args.device, matmul)
+    rows[0].target, rows[0].met = "≤ 0.8", rows[0].ratio <= 0.8
+    return rows
+
+
+def part_official(args, matmul) -> list[Row]:
+    """SegRet-Tiny vs the same weights in the official formulation (backbone and unfolded decoder)."""
+    pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
+    model = segret("tiny").eval()
+    randomize_decoder_residuals(model)
+    official = OfficialSegRet(model).eval()
+    with torch.inference_mode():
+        difference = relative_difference(model(pixel_values).logits, official(pixel_values))
+    contenders = [
+        Contender("SegRet-Tiny, official formulation", inference(official, pixel_values)),
+        Contender("SegRet-Tiny", inference(model, pixel_values), note=f"logits vs official: {difference:.1e} relative"),
+    ]
+    for contender in contenders:
+        contender.macs = count_macs(contender.run)
+    group = f"SegRet-Tiny {args.image_size}², batch 1"
+    rows = timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+    rows[1].extra["speed-up"] = 1 / rows[1].ratio
+    return rows
+
+
+def part_backbone(args, matmul) -> list[Row]:
+    dtype, batch_size = args.dtype, args.batch_size
+    pixel_values = torch.randn(batch_size, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
+    model = segret("tiny").to(args.device, dtype).eval()
+    encoder = model.segret.encoder
+    official = OfficialRMTBackbone(encoder)
+    with torch.inference_mode():
+        fused_maps = encoder(pixel_values)[1:]
+        official_maps = official(pixel_values)
+    difference = max(relative_difference(a, b) for a, b in zip(fused_maps, official_maps))
+    contenders = [
+        Contender("RMT-T backbone, official formulation", inference(official, pixel_values)),
+        Contender("RMT-T backbone", inference(encoder, pixel_values), note=f"stage maps vs official: {difference:.1e}"),
+    ]
+    for contender in contenders:
+        contender.macs = count_macs(contender.run)
+    group = f"backbone {args.image_size}², batch {batch_size}, {str(dtype).removeprefix('torch.')}"
+    rows = timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+    fused_row = rows[1]
+    fused_row.extra["speed-up"] = 1 / fused_row.ratio
+    fused_row.target, fused_row.met = "≥ 2.5× faster", 1 / fused_row.ratio >= 2.5
+    return rows
+
+
+def part_variants(args, matmul) -> list[Row]:
+    pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
+    rows = []
+    for variant in VARIANTS[1:]:
+        model = segret(variant).eval()
+        official = OfficialSegRet(model).eval()
+        name = f"SegRet-{variant.capitalize()}"
+        contenders = [
+            Contender(f"{name}, official formulation", inference(official, pixel_values)),
+            Contender(name, inference(model, pixel_values)),
+        ]
+        for contender in contenders:
+            contender.macs = count_macs(contender.run)
+        rounds = max(2, args.rounds // 2) if variant != "small" else args.rounds
+        group = f"{name} {args.image_size}², batch 1"
+        rows += timed_rows(group, contenders, contenders[0].name, rounds, 1, args.device, matmul)
+    return rows
+
+
+def undo_three_dimensional_masks(model) -> None:
+    """(N, q, k) attention masks: `scaled_dot_product_attention` then takes its unfused CPU path."""
+    for stage in model.segret.encoder.stages:
+        position = stage.relative_position
+
+        def compute_tables(*args, position=position):
+            tables = type(position).compute_tables(position, *args)
+            return tables._replace(decay_masks=tuple(mask[0] for mask in tables.decay_masks))
+
+        position.compute_tables = compute_tables
+
+
+def undo_table_cache(model) -> None:
+    for stage in model.segret.encoder.stages:
+        stage.relative_position.max_cached_sizes = 0
+
+
+def undo_dense_global_mask(model) -> None:
+    """Global retention through the per-image-row mask views that large inputs use."""
+    for stage in model.segret.encoder.stages:
+        stage.relative_position.max_dense_mask_elements = 0
+
+
+def undo_decoder_folding(model) -> None:
+    head = model.decode_head
+
+    def unfolded(stage_maps):
+        fused = head.batch_norm(head.fuse(head.concatenated_projections(stage_maps)))
+        return head.classifier(head.dropout(head.activation(fused)))
+
+    head.forward = unfolded
+
+
+def undo_channels_last_stem(model) -> None:
+    embeddings = model.segret.encoder.embeddings
+
+    def channels_first(pixel_values):
+        hidden_states = pixel_values
+        for layer in embeddings.layers:
+            hidden_states = layer(hidden_states)
+        return hidden_states.permute(0, 2, 3, 1)
+
+    embeddings.forward = channels_first
+
+
+LEVERS = {
+    "3-D attention masks (unfused SDPA path)": undo_three_dimensional_masks,
+    "position tables recomputed per call": undo_table_cache,
+    "global retention per image row (the large-map path)": undo_dense_global_mask,
+    "decoder unfolded": undo_decoder_folding,
+    "channels-first stem": undo_channels_last_stem,
+}
+
+
+def part_levers(args, matmul) -> list[Row]:
+    """SegRet-Tiny with one lever undone at a time, each on its own copy of the model (own table caches)."""
+    pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
+    model = segret("tiny").eval()
+    randomize_decoder_residuals(model)
+    contenders = [Contender("SegRet-Tiny (all levers)", inference(model, pixel_values))]
+    for name, undo in LEVERS.items():
+        variant = copy.deepcopy(model)
+        for stage in variant.segret.encoder.stages:
+            stage.relative_position._cached_tables.clear()
+        undo(variant)
+        contenders.append(Contender(f"undone: {name}", inference(variant, pixel_values)))
+
+    def no_grad():
+        with torch.no_grad():
+            return model(pixel_values)
+
+    contenders.append(Contender("undone: torch.no_grad instead of torch.inference_mode", no_grad))
+    group = f"levers, SegRet-Tiny {args.image_size}²"
+    return timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+
+
+def part_compile(args, matmul) -> list[Row]:
+    pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
+    model = segret("tiny").eval()
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        compiled(pixel_values)
+    compile_seconds = time.perf_counter() - start
+    contenders = [
+        Contender("SegRet-Tiny eager", inference(model, pixel_values)),
+        Contender(
+            "SegRet-Tiny torch.compile", inference(compiled, pixel_values), note=f"compiled in {compile_seconds:.0f} s"
+        ),
+    ]
+    group = f"torch.compile, {args.image_size}², batch 1"
+    return timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+
+
+def training_step(model, pixel_values, labels, autocast_dtype=None) -> Callable[[], object]:
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(pixel_values.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+
+    return run
+
+
+def fold_decoder_in_training(model) -> None:
+    """Benchmark-only: the exact partial fold a training step could use (BatchNorm keeps its batch statistics)."""
+    head = model.decode_head
+
+    def forward(stage_maps):
+        fuse_slices = head.fuse.weight.flatten(1).chunk(len(stage_maps), dim=1)[::-1]
+        output_size = stage_maps[0].shape[2:]
+        fused = 0
+        for stage_map, fuse_slice, projection, residual in zip(
+            stage_maps, fuse_slices, head.linear_projections, head.zero_init_residuals
+        ):
+            weight = fuse_slice @ (projection.weight + residual.weight).flatten(1)
+            stage_fused = F.conv2d(stage_map, weight[..., None, None], fuse_slice @ (projection.bias + residual.bias))
+            if stage_fused.shape[2:] != output_size:
+                stage_fused = F.interpolate(stage_fused, size=output_size, mode="bilinear", align_corners=False)
+            fused = fused + stage_fused
+        return head.classifier(head.dropout(head.activation(head.batch_norm(fused))))
+
+    head.forward = forward
+
+
+def part_train(args, matmul) -> list[Row]:
+    batch_size = 2 if args.suite == "cpu" else args.batch_size
+    autocast_dtype = None if args.dtype == torch.float32 else args.dtype
+    size = args.image_size
+    pixel_values = torch.randn(batch_size, 3, size, size, device=args.device)
+    labels = torch.randint(0, NUM_LABELS, (batch_size, size, size), device=args.device)
+    segret_model = segret("tiny").to(args.device).train()
+    segformer = segformer_b1().to(args.device).train()
+    experiment = copy.deepcopy(segret_model)
+    fold_decoder_in_training(experiment)
+    contenders = [
+        Contender("SegRet-Tiny", training_step(segret_model, pixel_values, labels, autocast_dtype)),
+        Contender("SegFormer-B1", training_step(segformer, pixel_values, labels, autocast_dtype)),
+        Contender(
+            "SegRet-Tiny, decoder folded in training too",
+            training_step(experiment, pixel_values, labels, autocast_dtype),
+            note="experiment, not in the model: Linear+ZIR+fuse slices folded, BatchNorm on batch statistics",
+        ),
+    ]
+    for contender in contenders:
+        contender.macs = count_macs(contender.run)
+    precision = "float32" if autocast_dtype is None else f"autocast {str(autocast_dtype).removeprefix('torch.')}"
+    group = f"training step (forward + backward), batch {batch_size}, {size}², {precision}"
+    rows = timed_rows(group, contenders, "SegFormer-B1", args.rounds, 1, args.device, matmul)
+    rows[0].target, rows[0].met = "≤ 1", rows[0].ratio <= 1
+    return rows
+
+
+MEMORY_MODELS = {
+    "SegRet-Tiny": lambda: segret("tiny"),
+    "SegFormer-B1": segformer_b1,
+    "SegRet-Tiny, dense global mask": lambda: segret("tiny"),
+}
+
+
+def resident_memory_gib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process. VmHWM is reset by exec, unlike ru_maxrss, which would
+    report the parent's peak in a freshly started child process."""
+    status = Path("/proc/self/status").read_text()
+    current, peak = (int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 2**20 for key in ("VmRSS", "VmHWM"))
+    return current, peak
+
+
+def memory_child(name: str, height: int, width: int) -> None:
+    """Runs in a fresh process: one whole-image forward; prints resident memory (GiB) and time as JSON."""
+    torch.manual_seed(0)
+    model = MEMORY_MODELS[name]().eval()
+    if name.endswith("dense global mask"):
+        segret_modeling.SegRetRelativePosition.max_dense_mask_elements = float("inf")
+    pixel_values = torch.randn(1, 3, height, width)
+    before, _ = resident_memory_gib()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(pixel_values)
+    seconds = time.perf_counter() - start
+    _, peak = resident_memory_gib()
+    print(json.dumps({"before": before, "peak": peak, "seconds": seconds}))
+
+
+def part_memory(args, matmul) -> list[Row]:
+    height, width = (256, 512) if args.quick else (1024, 2048)
+    rows = []
+    for name in MEMORY_MODELS:
+        command = [sys.executable, __file__, "--memory-child", name, "--size", str(height), str(width)]
+        command += ["--threads", str(args.threads)]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        row = Row(f"whole image {height}×{width}, batch 1", name, 1e3 * report["seconds"])
+        row.memory = (
+            f"{report['peak']:.2f} GiB peak RSS (+{report['peak'] - report['before']:.2f} over the loaded model)"
+        )
+        row.note = "one call in a fresh process"
+        if name == "SegRet-Tiny":
+            row.target, row.met = "≤ 2 GB", report["peak"] * 2**30 <= 2e9
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU parts (bfloat16, batch 16)
+
+
+def part_throughput(args, matmul) -> list[Row]:
+    dtype, batch_size = args.dtype, args.batch_size
+    pixel_values = torch.randn(batch_size, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
+    models = {"SegFormer-B1": segformer_b1()}
+    models.update({f"SegRet-{variant.capitalize()}": segret(variant) for variant in VARIANTS})
+    contenders = []
+    for name, model in models.items():
+        model = model.to(args.device, dtype).eval()
+        contender = Contender(name, inference(model, pixel_values))
+        contender.macs = count_macs(contender.run)
+        contenders.append(contender)
+    if args.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(args.device)
+    group = f"inference {args.image_size}², batch {batch_size}, {str(dtype).removeprefix('torch.')}"
+    rows = timed_rows(group, contenders, "SegFormer-B1", args.rounds, 2, args.device, matmul)
+    for row in rows[:-1]:
+        row.extra["images/s"] = batch_size / (row.median_ms / 1e3)
+        row.note = f"{batch_size / (row.median_ms / 1e3):.1f} images/s"
+    rows[1].target, rows[1].met = "≤ 0.8", rows[1].ratio <= 0.8
+    if args.device.type == "cuda":
+        rows[-1].memory = f"{torch.cuda.max_memory_allocated(args.device) / 2**30:.2f} GiB peak allocated (all models)"
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def format_table(rows: list[Row]) -> str:
+    columns = ["measurement", "contender", "median ms", "ratio", "target", "met", "GMAC", "GMAC/s", "of matmul peak"]
+    columns += ["memory", "notes"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        ratio = f"{row.ratio:.3f} × {row.reference}" if row.ratio is not None else ""
+        if "speed-up" in row.extra:
+            ratio += f" ({row.extra['speed-up']:.2f}× faster)"
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.group,
+                    row.name,
+                    f"{row.median_ms:.1f}",
+                    ratio,
+                    row.target,
+                    met,
+                    f"{row.macs / 1e9:.2f}" if row.macs else "",
+                    f"{row.mac_rate / 1e9:.1f}" if row.mac_rate else "",
+                    f"{row.peak_fraction:.0%}" if row.peak_fraction else "",
+                    row.memory,
+                    row.note,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def format_targets(rows: list[Row]) -> str:
+    lines = ["Targets of the issue:", ""]
+    for row in rows:
+        if row.met is not None:
+            measured = row.memory.split(" (")[0] if row.memory else f"{row.ratio:.3f} × {row.reference}"
+            if "speed-up" in row.extra:
+                measured = f"{row.extra['speed-up']:.2f}× faster than {row.reference}"
+            verdict = "met" if row.met else "**missed**"
+            lines.append(f"- {row.name}, {row.group}: {measured} (target {row.target}): {verdict}")
+    return "\n".join(lines)
+
+
+def machine_description(args) -> str:
+    cpu_model = "unknown CPU"
+    if Path("/proc/cpuinfo").exists():
+        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu_model = match.group(1).strip() if match else cpu_model
+    lines = [
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- CPU: {cpu_model}, {os.cpu_count()} logical cores, torch threads: {torch.get_num_threads()}, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
+        f"- load average at the end: {', '.join(f'{load:.2f}' for load in os.getloadavg())}",
+        f"- command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`; {args.rounds} interleaved rounds per group",
+    ]
+    if args.device.type == "cuda":
+        lines.insert(2, f"- GPU: {torch.cuda.get_device_name(args.device)}")
+    elif args.suite == "gpu":
+        lines.insert(2, "- GPU suite run on the CPU (smoke test of its code path only)")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, suite: str, body: str) -> None:
+    """Replaces this suite's section of BENCHMARKS.md (between markers), keeping the other suite's results."""
+    begin, end = f"<!-- results:{suite} -->", f"<!-- /results:{suite} -->"
+    section = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else "# SegRet benchmarks\n"
+    if begin in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+# glibc returns freed blocks above its mmap threshold to the system, so a formulation with large temporaries pays
+# page faults on every call; the threshold also adapts to the process's history. Each part therefore runs in a
+# fresh process, and the backbone comparison is repeated with the threshold raised (no page faults for anyone).
+HEAP_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
+SUITES = {
+    "cpu": {
+        "model": (part_model, {}),
+        "model-heap": (part_model, HEAP_ALLOCATOR),
+        "official": (part_official, {}),
+        "backbone": (part_backbone, {}),
+        "backbone-heap": (part_backbone, HEAP_ALLOCATOR),
+        "variants": (part_variants, {}),
+        "levers": (part_levers, {}),
+        "compile": (part_compile, {}),
+        "train": (part_train, {}),
+        "memory": (part_memory, {}),
+    },
+    "gpu": {"throughput": (part_throughput, {}), "backbone": (part_backbone, {}), "train": (part_train, {})},
+}
+
+
+def run_part_in_fresh_process(part: str, argv: list[str], environment: dict) -> list[Row]:
+    command = [sys.executable, __file__, *argv, "--part-child", part]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **environment})
+    if result.returncode != 0:
+        raise SystemExit(f"part {part!r} failed:\n{result.stderr[-5000:]}")
+    rows = [Row(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+    if environment == HEAP_ALLOCATOR:
+        for row in rows:
+            row.group += ", glibc mmap threshold 1 GiB"
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--parts", nargs="+", help="subset of the suite's parts (default: all)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per group (default: cpu 5, gpu 10)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument(
+        "--suite", choices=list(SUITES), help="cpu or gpu measurements (default: the device's; gpu on cpu = smoke test)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke test: small inputs, 1 round, no file written")
+    parser.add_argument("--output", type=Path, default=REPOSITORY / "BENCHMARKS.md")
+    parser.add_argument("--part-child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child, *args.size)
+        return
+
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    args.suite = args.suite or ("cpu" if args.device.type == "cpu" else "gpu")
+    runners = SUITES[args.suite]
+    parts = args.parts or list(runners)
+    if unknown := set(parts) - set(runners):
+        raise SystemExit(f"unknown parts for the {args.suite} suite: {sorted(unknown)}; choose from {list(runners)}")
+    args.rounds = args.rounds or (1 if args.quick else (5 if args.suite == "cpu" else 10))
+    args.image_size = 128 if args.quick else 512
+    args.dtype = torch.float32 if args.suite == "cpu" else torch.bfloat16
+    args.batch_size = 1 if args.suite == "cpu" else (2 if args.quick else 16)
+
+    if args.part_child:
+        torch.manual_seed(0)
+        run, _ = runners[args.part_child]
+        rows = run(args, matmul_contender(args.device, args.dtype))
+        print(json.dumps([dataclasses.asdict(row) for row in rows]))
+        return
+
+    child_argv = ["--device", args.device.type, "--suite", args.suite, "--rounds", str(args.rounds)]
+    child_argv += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    rows = []
+    for part in parts:
+        start = time.perf_counter()
+        _, environment = runners[part]
+        part_rows = run_part_in_fresh_process(part, child_argv, environment)
+        print(f"[{part}: {time.perf_counter() - start:.0f} s]\n{format_table(part_rows)}", file=sys.stderr)
+        rows += part_rows
+
+    body = f"## {args.suite.upper()}\n\n{machine_description(args)}\n\n{format_targets(rows)}\n\n{format_table(rows)}"
+    print(body)
+    if not args.quick:
+        write_section(args.output, args.suite, body)
+
+
+if __name__ == "__main__":
+    main()
