@@ -10,6 +10,14 @@ from modeling_segret import SegRetConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# SPEC §5 (150 classes): backbone with its four extra norms, decoder, total.
+SPEC_PARAMETERS = {
+    "tiny": (12_783_776, 794_774, 13_578_550),
+    "small": (25_416_800, 794_774, 26_211_574),
+    "base": (52_604_680, 852_118, 53_456_798),
+    "large": (93_784_280, 2_588_822, 96_373_102),
+}
+
 
 def small_config(**overrides) -> SegRetConfig:
     """Every feature of the real variants (both retention modes, layer scale, FFN conv) at toy size."""

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import SPEC_PARAMETERS, small_config
 
 from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config
 from modeling_segret.complexity import (
@@ -17,13 +17,6 @@ from modeling_segret.complexity import (
     parameter_reconciliation,
 )
 
-# SPEC §5 (150 classes): backbone with its four extra norms, decoder, total.
-SPEC_PARAMETERS = {
-    "tiny": (12_783_776, 794_774, 13_578_550),
-    "small": (25_416_800, 794_774, 26_211_574),
-    "base": (52_604_680, 852_118, 53_456_798),
-    "large": (93_784_280, 2_588_822, 96_373_102),
-}
 # SPEC §6: MMSegmentation get_flops convention at 1024×1024, this implementation (with the FFN depth-wise conv).
 SPEC_GFLOPS_1024 = {"tiny": 72.83, "small": 118.46, "base": 232.45, "large": 482.41}
 

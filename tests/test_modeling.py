@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import SPEC_PARAMETERS, small_config
 from torch import nn
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
@@ -16,24 +16,16 @@ from modeling_segret import (
     segret_variant_config,
 )
 
-# SPEC §5: (backbone, decoder, total) with 150 classes.
-PARAMETER_COUNTS = {
-    "tiny": (12_783_776, 794_774, 13_578_550),
-    "small": (25_416_800, 794_774, 26_211_574),
-    "base": (52_604_680, 852_118, 53_456_798),
-    "large": (93_784_280, 2_588_822, 96_373_102),
-}
-
 
 def count(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
-@pytest.mark.parametrize("variant", list(PARAMETER_COUNTS))
+@pytest.mark.parametrize("variant", list(SPEC_PARAMETERS))
 def test_parameter_counts_equal_spec(variant):
     with torch.device("meta"):
         model = SegRetForSemanticSegmentation(segret_variant_config(variant, num_labels=150))
-    assert (count(model.segret), count(model.decode_head), count(model)) == PARAMETER_COUNTS[variant]
+    assert (count(model.segret), count(model.decode_head), count(model)) == SPEC_PARAMETERS[variant]
 
 
 @pytest.mark.parametrize(("variant", "total"), [("base", 53_029_918), ("large", 95_793_902)])

@@ -421,6 +421,10 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         recipe = {**asdict(model_args), **asdict(data_args), **asdict(args)}
+        recipe["num_processes"] = accelerator.num_processes
+        recipe["total_train_batch_size"] = (
+            args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        )
         (output_dir / "training_args.json").write_text(json.dumps(recipe, indent=2))
     accelerator.init_trackers("segret", config={k: v for k, v in asdict(args).items() if v is not None})
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
