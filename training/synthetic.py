@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,8 +147,6 @@ def generate(path: str | Path, num_train: int = 600, num_validation: int = 100, 
     datasets.DatasetDict(splits).save_to_disk(str(temporary))
     (temporary / marker.name).write_text(json.dumps(spec))
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     temporary.rename(path)  # complete or absent: an interrupted generation is redone next time
     return path

@@ -25,7 +25,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import is_tensorboard_available, set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -329,8 +329,6 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(args.output_dir)
     report_to = args.report_to
     if report_to == "auto":
-        from accelerate.utils import is_tensorboard_available
-
         report_to = "tensorboard" if is_tensorboard_available() else "none"
     accelerator = Accelerator(
         # accelerate counts a multi-process launch without GPUs as distributed only with cpu=True
