@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .configuration_segret import SEGRET_VARIANTS, SegRetConfig, segret_variant_config
-from .modeling_segret import SegRetForSemanticSegmentation
+from .modeling_segret import SegRetDecodeHead, SegRetForSemanticSegmentation
 
 # The paper's figures (its Tables 1-8), for comparison. Parameters and FLOPs are the same for every dataset.
 PAPER_PARAMETERS_M = {"tiny": 14.01, "small": 26.52, "base": 53.05, "large": 95.81}
@@ -132,11 +132,11 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1) -> dict[str, FlopCount]:
     """Per-image multiply-accumulates of `model` on (batch_size, C, *input_size) inputs, for backbone/decoder/total.
 
-    The model runs once in eval mode, on its own device and dtype (the meta device works and costs nothing), as
-    written: autograd stays enabled (with no parameter requiring gradients, so no graph is kept), because under
-    `torch.no_grad` the decoder takes its folded inference path, which computes the same function with most of its
-    multiply-accumulates removed and is not the architecture the paper counts. Every convolution and linear layer
-    must run once; a model that skips one raises `RuntimeError`.
+    The model runs once in eval mode without autograd, on its own device and dtype (the meta device works and costs
+    nothing), as written: the decoder's folding (`SegRetDecodeHead.fold`) is switched off for the count, because
+    the folded decoder computes the same function with most of its multiply-accumulates removed and is not the
+    architecture the paper counts. Every convolution and linear layer must run once; a model that skips one raises
+    `RuntimeError`.
     """
     parameter = next(model.parameters())
     height, width = (int(side) for side in input_size)
@@ -190,17 +190,19 @@ def count_flops(model: nn.Module, input_size: Sequence[int], batch_size: int = 1
         elif isinstance(module, (nn.ReLU, nn.modules.batchnorm._BatchNorm, *_NORM_TYPES)):
             handles.append(module.register_forward_hook(after))
     was_training = model.training
-    requires_grad = [parameter.requires_grad for parameter in model.parameters()]
-    model.eval().requires_grad_(False)
+    folding = {module: module.fold for module in model.modules() if isinstance(module, SegRetDecodeHead)}
+    model.eval()
     try:
-        with torch.enable_grad(), flop_counter:
+        for module in folding:
+            module.fold = False
+        with torch.no_grad(), flop_counter:
             model(pixel_values)
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-        for parameter, flag in zip(model.parameters(), requires_grad):
-            parameter.requires_grad_(flag)
+        for module, fold in folding.items():
+            module.fold = fold
     skipped = [
         name
         for name, module in model.named_modules()

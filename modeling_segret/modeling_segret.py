@@ -420,16 +420,20 @@ class SegRetZeroInitConv(nn.Conv2d):
 class SegRetDecodeHead(nn.Module):
     """SegRet's lightweight residual decoder.
 
-    Each stage map F_i goes to C channels through a per-pixel linear map plus a zero-initialised 1×1 convolution
-    (ZIR, the residual that starts as a no-op), is upsampled to stride 4, and the four are concatenated as
-    [F4, F3, F2, F1] and fused by Conv1×1 (4C→C, no bias) + BatchNorm + ReLU, then Dropout2d and a 1×1 classifier.
+    As written, each stage map F_i goes to C channels through a per-pixel linear map plus a zero-initialised 1×1
+    convolution (ZIR, the residual that starts as a no-op), is upsampled to stride 4, and the four are concatenated
+    as [F4, F3, F2, F1] and fused by Conv1×1 (4C→C, no bias) + BatchNorm + ReLU, then Dropout2d and a 1×1
+    classifier.
 
-    At inference (eval mode with autograd off) the same function runs folded: every map up to the ReLU is linear
-    and bilinear upsampling commutes with channel mixing, so the decoder before the ReLU equals
-    sum_i up(M_i F_i) + b with one C×c_i matrix M_i per stage, applied at the stage's own resolution. That skips
-    the 4C-channel concatenation at stride 4 and most of the decoder's multiply-adds. The folded weights are
-    recomputed from the current parameters and BatchNorm statistics on every call (about 63M multiply-adds for
-    C = 256), so they can never be stale; with autograd on, or in training, the decoder runs as written.
+    It runs folded, computing the same function with a fraction of the work: every map before the BatchNorm is
+    linear and bilinear upsampling commutes with channel mixing, so the fuse convolution's input equals
+    sum_i up(M_i F_i) + b with one C×c_i matrix M_i = Fuse_i · (Linear_i + ZIR_i) per stage, applied at the stage's
+    own resolution. That skips the 4C-channel concatenation at stride 4 and most of the decoder's multiply-adds.
+    When the BatchNorm uses its running statistics (eval mode) its scale and shift are folded in as well; when it
+    normalises with batch statistics (training) it runs on the folded sum, which is the same tensor as the fuse
+    output. The folded weights are computed from the current parameters on every call (about 63M multiply-adds for
+    C = 256), differentiably, so gradients reach every original parameter and a weight change is never served
+    stale. Set `fold = False` to run the layers as written (to count their FLOPs or hook them one by one).
     """
 
     def __init__(self, config: SegRetConfig) -> None:
@@ -443,13 +447,18 @@ class SegRetDecodeHead(nn.Module):
         self.activation = nn.ReLU()
         self.dropout = nn.Dropout2d(config.decoder_dropout)
         self.classifier = nn.Conv2d(hidden_size, config.num_labels, 1)
+        self.fold = True
 
     def forward(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, c_i, H/2^(i+1), W/2^(i+1)) for i = 1..4 -> logits (B, num_labels, H/4, W/4)."""
-        if self.training or torch.is_grad_enabled():
-            fused = self.batch_norm(self.fuse(self.concatenated_projections(stage_maps)))
+        batch_norm = self.batch_norm
+        uses_batch_statistics = batch_norm.training or batch_norm.running_mean is None
+        if not self.fold:
+            fused = batch_norm(self.fuse(self.concatenated_projections(stage_maps)))
+        elif uses_batch_statistics:
+            fused = batch_norm(self.folded_fuse(stage_maps, fold_batch_norm=False))
         else:
-            fused = self.folded_fuse(stage_maps)
+            fused = self.folded_fuse(stage_maps, fold_batch_norm=True)
         return self.classifier(self.dropout(self.activation(fused)))
 
     def concatenated_projections(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -463,30 +472,36 @@ class SegRetDecodeHead(nn.Module):
             decoded.append(stage_decoded)
         return torch.cat(decoded[::-1], dim=1)
 
-    def folded_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def folded_weights(self, fold_batch_norm: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-stage weights M_i (C, c_i, 1, 1) and the bias (C,) of the folded decoder, from the current parameters.
 
-        M_i = diag(s) · Fuse_i · (Linear_i + ZIR_i), with Fuse_i the fuse convolution's input slice of stage i and
-        s the eval-mode BatchNorm scale; the biases of all stages and the BatchNorm shift add up to one bias.
-        Folded in float32 (float64 for float64 models), then cast to the parameters' dtype.
+        M_i = Fuse_i · (Linear_i + ZIR_i), with Fuse_i the fuse convolution's input slice of stage i; the biases of
+        all stages add up to one bias. With `fold_batch_norm`, M_i and the bias also take the BatchNorm's
+        running-statistics scale and shift. Folded in float32 (float64 for float64 models), then cast to the
+        parameters' dtype.
         """
         dtype = self.fuse.weight.dtype
         fold_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         batch_norm = self.batch_norm
-        scale = batch_norm.weight.to(fold_dtype) * torch.rsqrt(batch_norm.running_var.to(fold_dtype) + batch_norm.eps)
-        bias = batch_norm.bias.to(fold_dtype) - batch_norm.running_mean.to(fold_dtype) * scale
         fuse_slices = self.fuse.weight.to(fold_dtype).flatten(1).chunk(len(self.linear_projections), dim=1)[::-1]
         weights = []
+        bias = 0
         for fuse_slice, projection, residual in zip(fuse_slices, self.linear_projections, self.zero_init_residuals):
             stage_weight = (projection.weight + residual.weight).to(fold_dtype).flatten(1)  # (C, c_i)
             stage_bias = (projection.bias + residual.bias).to(fold_dtype)
-            weights.append((scale[:, None] * (fuse_slice @ stage_weight)).to(dtype)[..., None, None])
-            bias = bias + scale * (fuse_slice @ stage_bias)
-        return weights, bias.to(dtype)
+            weights.append(fuse_slice @ stage_weight)
+            bias = bias + fuse_slice @ stage_bias
+        if fold_batch_norm:
+            variance = batch_norm.running_var.to(fold_dtype)
+            scale = batch_norm.weight.to(fold_dtype) * torch.rsqrt(variance + batch_norm.eps)
+            weights = [scale[:, None] * weight for weight in weights]
+            bias = scale * (bias - batch_norm.running_mean.to(fold_dtype)) + batch_norm.bias.to(fold_dtype)
+        return [weight.to(dtype)[..., None, None] for weight in weights], bias.to(dtype)
 
-    def folded_fuse(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Eval-mode `batch_norm(fuse(concatenated_projections(stage_maps)))`, computed as sum_i up(M_i F_i) + b."""
-        weights, bias = self.folded_weights()
+    def folded_fuse(self, stage_maps: Sequence[torch.Tensor], fold_batch_norm: bool) -> torch.Tensor:
+        """`fuse(concatenated_projections(stage_maps))`, or with `fold_batch_norm` its eval-mode BatchNorm, computed
+        as sum_i up(M_i F_i) + b."""
+        weights, bias = self.folded_weights(fold_batch_norm)
         output_size = stage_maps[0].shape[2:]
         fused = None
         for stage_map, weight in zip(stage_maps, weights):
@@ -494,6 +509,7 @@ class SegRetDecodeHead(nn.Module):
             stage_fused = F.conv2d(stage_map, weight, bias if fused is None else None)
             if stage_fused.shape[2:] != output_size:
                 stage_fused = F.interpolate(stage_fused, size=output_size, mode="bilinear", align_corners=False)
+            # In place also under autograd: no backward formula keeps a convolution's output.
             fused = stage_fused if fused is None else fused.add_(stage_fused)
         return fused
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from conftest import SPEC_PARAMETERS, small_config
 
 from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config
@@ -83,12 +82,10 @@ def test_meta_device_real_device_and_batch_agree():
     on_cpu = count_flops(real, (64, 96))
     assert on_cpu == count_flops(build_meta_model(config), (64, 96))
     assert on_cpu == count_flops(build_meta_model(config), (64, 96), batch_size=3)
-    # Counting runs the model as written even under no_grad (where the decoder would run folded) and leaves it as
-    # it was: training mode and requires_grad restored.
+    # Counting runs the decoder as written (not folded) and leaves the model as it was: training mode and folding.
     real.train()
-    with torch.no_grad():
-        assert count_flops(real, (64, 96)) == on_cpu
-    assert real.training and all(p.requires_grad for p in real.parameters())
+    assert count_flops(real, (64, 96)) == on_cpu
+    assert real.training and real.decode_head.fold
     assert count_parameters(real)["total"] == sum(p.numel() for p in real.parameters())
 
 

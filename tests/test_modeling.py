@@ -122,10 +122,12 @@ def test_zero_initialised_residuals_are_a_no_op_at_init(config):
         def forward(self, stage_map):
             return 0
 
+    model.decode_head.fold = False  # the decoder as written, layer by layer (folding is tested in test_speed_paths)
     without_zir = copy.deepcopy(model)
     without_zir.decode_head.zero_init_residuals = nn.ModuleList(Removed() for _ in range(4))
     pixel_values = torch.randn(2, 3, 64, 64)
     assert torch.equal(model(pixel_values).logits, without_zir(pixel_values).logits)
+    model.decode_head.fold = True
 
     # ... but they learn: the gradient reaches them.
     model.train()

@@ -4,6 +4,7 @@ The oracle is `benchmarks/official_rmt.py`: the official RMT/SegRet forward (5-D
 softmax, tables recomputed per stage call, decoder unfolded) run on the model's own weights.
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -72,11 +73,22 @@ def test_inference_equals_official_formulation_in_float64(shape):
         torch.testing.assert_close(model(pixel_values).logits, expected, rtol=0, atol=1e-10)
 
 
+@contextlib.contextmanager
+def decoder_as_written(model: SegRetForSemanticSegmentation):
+    """Runs the decoder layer by layer, unfolded, inside the block."""
+    model.decode_head.fold = False
+    try:
+        yield model
+    finally:
+        model.decode_head.fold = True
+
+
 def test_folded_decoder_within_1e_5_of_unfolded_in_float32():
     model = trained_like(SegRetForSemanticSegmentation(small_config(decoder_hidden_size=64))).eval()
     pixel_values = torch.randn(2, 3, 128, 96)
-    unfolded = model(pixel_values).logits  # eval mode with autograd on: the decoder as written
     with torch.inference_mode():
+        with decoder_as_written(model):
+            unfolded = model(pixel_values).logits
         folded = model(pixel_values).logits
         official = OfficialSegRet(model)(pixel_values)
     assert relative_error(folded, unfolded) < 1e-5
@@ -98,35 +110,59 @@ def test_folded_decoder_follows_weight_and_statistics_changes():
         state["decode_head.linear_projections.0.weight"].normal_()
         model.load_state_dict(state)
         reloaded = model(pixel_values).logits
-    assert not torch.allclose(before, after) and not torch.allclose(after, reloaded)
-    with torch.no_grad():
+        assert not torch.allclose(before, after) and not torch.allclose(after, reloaded)
         torch.testing.assert_close(reloaded, OfficialSegRet(model)(pixel_values), rtol=0, atol=1e-10)
-    torch.testing.assert_close(reloaded, model(pixel_values).logits.detach(), rtol=0, atol=1e-10)  # unfolded
+        with decoder_as_written(model):
+            torch.testing.assert_close(reloaded, model(pixel_values).logits, rtol=0, atol=1e-10)
 
 
-def test_decoder_is_unfolded_in_training_and_with_autograd(monkeypatch):
-    model = SegRetForSemanticSegmentation(small_config())
+def training_step(model, pixel_values, labels, seed=0):
+    """Loss, parameter gradients and buffers after one forward/backward (dropout and drop-path seeded)."""
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = model(pixel_values, labels=labels).loss
+    loss.backward()
+    gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    return loss.detach(), gradients, buffers
 
-    def fail(*args):
-        raise AssertionError("the folded decoder must only run in eval mode without autograd")
 
-    monkeypatch.setattr(model.decode_head, "folded_fuse", fail)
-    pixel_values = torch.randn(2, 3, 64, 64)
-    model.train()(pixel_values)
-    model.eval()(pixel_values)
-    with torch.no_grad():
-        model.train()(pixel_values)
+@pytest.mark.parametrize("training", [True, False], ids=["train-mode", "eval-mode"])
+def test_folded_decoder_trains_like_the_decoder_as_written(training):
+    """Loss, every parameter's gradient (ZIR, fuse, BatchNorm included) and the BatchNorm running statistics equal
+    those of the layer-by-layer decoder: batch statistics in train mode, running statistics folded in eval mode."""
+    config = small_config(decoder_dropout=0.1, drop_path_rate=0.1)
+    model = trained_like(SegRetForSemanticSegmentation(config)).double().train(training)
+    pixel_values = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    labels = torch.randint(0, config.num_labels, (2, 64, 96))
+    running_mean_before = model.decode_head.batch_norm.running_mean.clone()
+    reference_model = copy.deepcopy(model)
+    with decoder_as_written(reference_model):
+        expected_loss, expected_gradients, expected_buffers = training_step(reference_model, pixel_values, labels)
+    loss, gradients, buffers = training_step(model, pixel_values, labels)
+
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+    decoder_gradients = [name for name in gradients if name.startswith("decode_head.")]
+    assert {"decode_head.zero_init_residuals.0.weight", "decode_head.fuse.weight"} <= set(decoder_gradients)
+    for name, gradient in gradients.items():
+        assert gradient.abs().max() > 0, name
+        torch.testing.assert_close(gradient, expected_gradients[name], rtol=1e-9, atol=1e-12, msg=name)
+    for name, buffer in buffers.items():
+        torch.testing.assert_close(buffer, expected_buffers[name], rtol=1e-12, atol=1e-12, msg=name)
+    if training:  # the running statistics moved, identically in both
+        assert not torch.equal(buffers["decode_head.batch_norm.running_mean"], running_mean_before)
 
 
 def test_bfloat16_folding_keeps_precision():
     """The fold is computed in float32 and rounded once, so bf16 folded ≈ bf16 unfolded."""
     model = trained_like(SegRetForSemanticSegmentation(small_config())).eval()
     pixel_values = torch.randn(1, 3, 64, 64)
-    reference = model(pixel_values).logits.detach()
-    bf16 = model.to(torch.bfloat16)
     with torch.inference_mode():
+        reference = model(pixel_values).logits
+        bf16 = model.to(torch.bfloat16)
         folded = bf16(pixel_values.bfloat16()).logits.float()
-    unfolded = bf16(pixel_values.bfloat16()).logits.detach().float()
+        with decoder_as_written(bf16):
+            unfolded = bf16(pixel_values.bfloat16()).logits.float()
     assert relative_error(folded, reference) < 0.05
     assert relative_error(folded, reference) < 2 * relative_error(unfolded, reference) + 0.01
 
