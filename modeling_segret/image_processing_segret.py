@@ -57,7 +57,12 @@ def get_keep_ratio_output_size(
         longest_edge / max(height, width) if longest_edge else math.inf,
         shortest_edge / min(height, width) if shortest_edge else math.inf,
     )
-    # mmcv would produce a 0-pixel side for extreme aspect ratios (e.g. 1 x 10000); keep at least one pixel.
+    return scale_keeping_ratio(height, width, scale)
+
+
+def scale_keeping_ratio(height: int, width: int, scale: float) -> tuple[int, int]:
+    """`(height, width)` scaled by `scale` with mmcv's rounding, `int(side * scale + 0.5)`, and at least one pixel
+    (mmcv would give a 0-pixel side for extreme aspect ratios, e.g. 1 x 10000)."""
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
@@ -522,4 +527,4 @@ class SegRetImageProcessor(PilBackend):
         return label_array.astype(np.int64)
 
 
-__all__ = ["SegRetImageProcessor", "get_keep_ratio_output_size"]
+__all__ = ["SegRetImageProcessor", "get_keep_ratio_output_size", "scale_keeping_ratio"]

@@ -13,8 +13,8 @@ MMSegmentation's ``EncoderDecoder``:
   (flipped passes are flipped back) is resized to the output size and the softmax probabilities are averaged.
 
 All functions take normalised images as a float tensor (B, 3, H, W); resizing happens here, in float, so callers
-pass the image at its original resolution. This file is copied flat to the Hub as remote code: it imports only
-torch and the standard library.
+pass the image at its original resolution. This file is copied flat to the Hub as remote code: besides torch and the
+standard library it imports only the image processor's keep-ratio size rule, so both resize alike.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .image_processing_segret import get_keep_ratio_output_size, scale_keeping_ratio
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -43,14 +45,11 @@ def rescale_size(height: int, width: int, scale: float | Sequence[float]) -> Siz
     ``scale`` is either a factor or a pair of bounds in any order, e.g. (2048, 512): the largest size whose long side
     is at most max(scale) and whose short side is at most min(scale) (MMCV's ``rescale_size`` rounding).
     """
-    if isinstance(scale, (int, float)):
-        factor = float(scale)
-    else:
-        long_bound, short_bound = max(scale), min(scale)
-        factor = min(long_bound / max(height, width), short_bound / min(height, width))
-    if factor <= 0:
-        raise ValueError(f"scale must be positive, got {scale!r}")
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    if isinstance(scale, (int, float)) and scale > 0:
+        return scale_keeping_ratio(height, width, scale)
+    if not isinstance(scale, (int, float)) and min(scale) > 0:
+        return get_keep_ratio_output_size(height, width, shortest_edge=min(scale), longest_edge=max(scale))
+    raise ValueError(f"scale must be positive, got {scale!r}")
 
 
 def resize(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
