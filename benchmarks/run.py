@@ -633,7 +633,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--parts", nargs="+", help="subset of the suite's parts (default: all)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per group (default: cpu 5, gpu 10)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per group (default: cpu 9, gpu 10)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument(
         "--suite", choices=list(SUITES), help="cpu or gpu measurements (default: the device's; gpu on cpu = smoke test)"
@@ -657,7 +657,7 @@ def main() -> None:
     parts = args.parts or list(runners)
     if unknown := set(parts) - set(runners):
         raise SystemExit(f"unknown parts for the {args.suite} suite: {sorted(unknown)}; choose from {list(runners)}")
-    args.rounds = args.rounds or (1 if args.quick else (5 if args.suite == "cpu" else 10))
+    args.rounds = args.rounds or (1 if args.quick else (9 if args.suite == "cpu" else 10))
     args.image_size = 128 if args.quick else 512
     args.dtype = torch.float32 if args.suite == "cpu" else torch.bfloat16
     args.batch_size = 1 if args.suite == "cpu" else (2 if args.quick else 16)

@@ -444,7 +444,7 @@ class SegRetDecodeHead(nn.Module):
         self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size) for dim in config.embed_dims)
         self.fuse = nn.Conv2d(hidden_size * config.num_stages, hidden_size, 1, bias=False)
         self.batch_norm = nn.BatchNorm2d(hidden_size)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)  # its input is always a fresh tensor of the decoder
         self.dropout = nn.Dropout2d(config.decoder_dropout)
         self.classifier = nn.Conv2d(hidden_size, config.num_labels, 1)
         self.fold = True
