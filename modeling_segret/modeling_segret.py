@@ -675,11 +675,19 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
                 f"labels contain {bad_values} which are neither a class index in [0, {num_labels}) nor the ignore "
                 f"index {ignore_index}."
             )
-        # Channels-first logits: the log-softmax over channels would otherwise copy the (B, K, H, W) upsampled logits.
+        # Channels-last: bilinear upsampling (and its backward) is faster, and the cross-entropy then runs over
+        # contiguous rows of num_labels scores, a view of the upsampled logits; the 4-D (B, K, H, W) form would
+        # copy them for the log-softmax and fill a zero gradient of their size in the backward pass.
         upsampled_logits = F.interpolate(
-            logits.contiguous(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+            logits.contiguous(memory_format=torch.channels_last),
+            size=labels.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
         )
-        summed_loss = F.cross_entropy(upsampled_logits, labels.long(), ignore_index=ignore_index, reduction="sum")
+        pixel_logits = upsampled_logits.permute(0, 2, 3, 1).reshape(-1, num_labels)  # (B*H*W, K)
+        summed_loss = F.cross_entropy(
+            pixel_logits, labels.reshape(-1).long(), ignore_index=ignore_index, reduction="sum"
+        )
         if self.config.loss_average_over_all_pixels:
             normalizer = labels.numel()
         else:

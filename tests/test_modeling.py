@@ -113,6 +113,25 @@ def test_loss_matches_cross_entropy_at_label_size(config):
     assert model(pixel_values, labels=all_ignored).loss.item() == 0.0
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_loss_gradient_matches_cross_entropy_at_label_size(config, memory_format):
+    """The loss runs on channels-last rows of the upsampled logits: same value and gradient as the 4-D form."""
+    model = SegRetForSemanticSegmentation(config)
+    logits = torch.randn(2, 5, 16, 24, dtype=torch.float64).contiguous(memory_format=memory_format)
+    logits.requires_grad_()
+    labels = torch.randint(0, 5, (2, 64, 96))
+    labels[1, 5:30, 7:50] = 255
+    loss = model.compute_loss(logits, labels)
+    (gradient,) = torch.autograd.grad(loss, logits)
+
+    reference_logits = logits.detach().contiguous().requires_grad_()
+    upsampled = nn.functional.interpolate(reference_logits, size=(64, 96), mode="bilinear", align_corners=False)
+    expected = nn.functional.cross_entropy(upsampled, labels, ignore_index=255)
+    (expected_gradient,) = torch.autograd.grad(expected, reference_logits)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-10, atol=1e-14)
+
+
 def test_zero_initialised_residuals_are_a_no_op_at_init(config):
     model = SegRetForSemanticSegmentation(config).eval()
     for residual in model.decode_head.zero_init_residuals:
