@@ -49,6 +49,7 @@ from modeling_segret.complexity import (
     parameter_reconciliation,
     variant_name,
 )
+from training.data import get_preset
 
 CARDS_DIR = Path(__file__).resolve().parent
 TEMPLATE_PATH = CARDS_DIR / "template.md"
@@ -81,55 +82,53 @@ class DatasetInfo:
     license_note: str
 
 
+def _paper_dataset(key: str, **card_fields: Any) -> DatasetInfo:
+    """A benchmark's card facts; its Hub id, split, crop, test scale and sliding window come from the training
+    preset, so the card describes the protocol `training/data.py` runs."""
+    preset = get_preset(key)
+    return DatasetInfo(
+        key=key,
+        hub_id=preset.hub_id,
+        eval_split=preset.eval_split,
+        crop_size=preset.crop_size,
+        test_scale=preset.test_scale,
+        slide_crop=preset.slide_crop[0],
+        slide_stride=preset.slide_stride[0],
+        **card_fields,
+    )
+
+
 DATASETS: dict[str, DatasetInfo] = {
-    "ade20k": DatasetInfo(
-        key="ade20k",
+    "ade20k": _paper_dataset(
+        "ade20k",
         slug="ade20k",
         name="ADE20K",
-        hub_id="zhoubolei/scene_parse_150",
         model_index_type="scene_parse_150",
-        eval_split="validation",
         batch_size=16,
         iterations=160_000,
-        crop_size=(512, 512),
-        test_scale=(2048, 512),
-        slide_crop=512,
-        slide_stride=341,
         reduce_labels=True,
         license_note="ADE20K (MIT Scene Parsing) images come with their own terms of use; check them before "
         "commercial use.",
     ),
-    "cityscapes": DatasetInfo(
-        key="cityscapes",
+    "cityscapes": _paper_dataset(
+        "cityscapes",
         slug="cityscapes",
         name="Cityscapes",
-        hub_id="Chris1/cityscapes",
         model_index_type="cityscapes",
-        eval_split="validation",
         batch_size=8,
         iterations=160_000,
-        crop_size=(512, 1024),
-        test_scale=(2048, 1024),
-        slide_crop=1024,
-        slide_stride=768,
         reduce_labels=False,
         license_note="Cityscapes is licensed for non-commercial purposes only; weights trained on it inherit that "
         "restriction in practice. There is no official Hub copy: `Chris1/cityscapes`, named in the metadata, is the "
         "unofficial copy that `training/data.py` reads by default.",
     ),
-    "coco_stuff": DatasetInfo(
-        key="coco_stuff",
+    "coco_stuff": _paper_dataset(
+        "coco_stuff",
         slug="coco-stuff",
         name="COCO-Stuff-164k",
-        hub_id="GATE-engine/COCOStuff164K",
         model_index_type="coco_stuff",
-        eval_split="val",
         batch_size=16,
         iterations=80_000,
-        crop_size=(512, 512),
-        test_scale=(2048, 512),
-        slide_crop=512,
-        slide_stride=341,
         reduce_labels=False,
         license_note="COCO-Stuff annotations are CC BY 4.0; the COCO images follow Flickr's terms of use.",
     ),
