@@ -38,15 +38,10 @@ if __package__ in (None, ""):
 
 from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict, load_checkpoint
-from training.data import (
-    DatasetPreset,
-    SegmentationDataset,
-    build_dataset,
-    collate_train,
-    get_preset,
-)
+from training.data import SegmentationDataset, build_dataset, collate_train
 from training.evaluate import evaluate_segmentation, summarize
 from training.metrics import format_table
+from training.presets import DatasetPreset, get_preset
 from training.synthetic import generate as generate_synthetic
 
 logger = get_logger(__name__)
