@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
-from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
+from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.inference_segret import rescale_size
 from training.data import build_dataset
-from training.evaluate import colorize, evaluate_segmentation, main, save_overlays
+from training.evaluate import colorize, evaluate_segmentation, inference_settings, main, model_variant, save_overlays
 from training.metrics import SegmentationMetric
 from training.presets import CITYSCAPES_LABEL_IDS, get_preset
 
@@ -192,3 +193,89 @@ def test_script_and_two_process_accelerate_launch_agree(setup, tmp_path):
     both = json.loads((tmp_path / "two" / "eval_results.json").read_text())
     assert one["num_processes"] == 1 and both["num_processes"] == 2 and both["num_samples"] == 5
     assert both["per_class"] == one["per_class"] and both["mean_iou"] == one["mean_iou"]
+
+
+# ------------------------------------------------------------------------------- protocol per variant and dataset
+@pytest.mark.parametrize("variant", ["tiny", "small", "base", "large"])
+def test_model_variant_is_read_from_the_config(variant):
+    config = segret_variant_config(variant, num_labels=19)
+    assert model_variant(config) == variant
+    # Other classes, retention kernels or decoder width do not change which variant it is.
+    changed = segret_variant_config(variant, num_labels=7, retention_modes=["global"] * 4, decoder_hidden_size=64)
+    assert model_variant(changed) == variant
+    assert model_variant(SegRetConfig(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1])) is None
+    assert model_variant(None) is None
+
+
+def _scales(preset):
+    return preset.train_scale, preset.crop_size, preset.test_scale, preset.slide_crop, preset.slide_stride
+
+
+def test_large_on_ade20k_tests_at_640_and_cityscapes_whole():
+    tiny, large = get_preset("ade20k", variant="tiny"), get_preset("ade20k", variant="large")
+    assert _scales(tiny) == _scales(get_preset("ade20k")) == ((2048, 512), (512, 512), (2048, 512), (512, 512),
+                                                              (341, 341))  # fmt: skip
+    assert (large.train_scale, large.crop_size, large.test_scale) == ((2560, 640), (640, 640), (2560, 640))
+    assert inference_settings(large, "ss") == {"test_scale": (2560, 640), "mode": "whole", "scales": (1.0,),
+                                               "flip": False}  # fmt: skip
+    slide = inference_settings(large, "slide")
+    assert (slide["test_scale"], slide["crop_size"], slide["stride"]) == ((2560, 640), (640, 640), (426, 426))
+    assert inference_settings(large, "ms", scales=(0.5, 1.0))["test_scale"] == (2560, 640)
+    # Only ADE20K changes with the variant; Cityscapes ss predicts the whole 1024×2048 image, slide stays an option.
+    assert _scales(get_preset("coco_stuff", variant="large")) == _scales(get_preset("coco_stuff"))
+    city = get_preset("cityscapes", variant="large")
+    assert _scales(city) == _scales(get_preset("cityscapes"))
+    ss = inference_settings(city, "ss")
+    assert ss["mode"] == "whole" and rescale_size(1024, 2048, ss["test_scale"]) == (1024, 2048)
+    slide = inference_settings(city, "slide")
+    assert (slide["crop_size"], slide["stride"]) == ((1024, 1024), (768, 768))
+    # The explicit settings of a run still win.
+    assert inference_settings(large, "ss", test_scale=(2048, 512))["test_scale"] == (2048, 512)
+
+
+def test_in_training_evaluation_follows_the_variant():
+    from training.train import DataArguments, resolve_preset
+
+    assert resolve_preset(DataArguments(dataset="ade20k"), "large").slide_stride == (426, 426)
+    assert resolve_preset(DataArguments(dataset="ade20k"), "base").test_scale == (2048, 512)
+    recipe = yaml.safe_load((ROOT / "configuration/recipes/segret-large-ade20k.yaml").read_text())
+    assert (tuple(recipe["crop_size"]), tuple(recipe["test_scale"])) == ((640, 640), (2560, 640))
+    for variant in ("tiny", "small", "base", "large"):
+        recipe = yaml.safe_load((ROOT / f"configuration/recipes/segret-{variant}-cityscapes.yaml").read_text())
+        assert recipe["eval_mode"] == "ss" and "test_scale" not in recipe  # the whole 1024×2048 image
+
+
+@pytest.fixture(scope="module")
+def ade_setup(tmp_path_factory):
+    """A tiny model with ADE20K's 150 classes and two ADE20K-schema rows."""
+    root = tmp_path_factory.mktemp("evaluate_ade")
+    names = get_preset("ade20k").class_names
+    config = SegRetConfig(
+        embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4], decoder_hidden_size=32,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    SegRetForSemanticSegmentation(config).save_pretrained(root / "model")
+    SegRetImageProcessor().save_pretrained(root / "model")
+    rng = np.random.default_rng(1)
+    table = {
+        "image": [{"bytes": _png(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)), "path": None}],
+        "annotation": [{"bytes": _png(rng.integers(0, 151, (30, 40), dtype=np.uint8)), "path": None}],
+    }
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(table, features=features)}).save_to_disk(
+        str(root / "ade")
+    )
+    return root
+
+
+@pytest.mark.parametrize(("variant", "test_scale", "window"), [(None, [2048, 512], [512, 512]),
+                                                              ("large", [2560, 640], [640, 640])])  # fmt: skip
+def test_cli_test_scale_follows_the_variant(ade_setup, tmp_path, variant, test_scale, window):
+    # The tiny architecture is no paper variant: dataset defaults, unless --variant names one.
+    args = ["--model", str(ade_setup / "model"), "--source", str(ade_setup / "ade"), "--dataset", "ade20k"]
+    args += ["--output_dir", str(tmp_path), "--num_workers", "0", "--num_overlays", "0", "--mode", "slide"]
+    assert main(args + (["--variant", variant] if variant else [])) == 0
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["variant"] == variant and results["test_scale"] == test_scale
+    assert results["inference"]["crop_size"] == window and results["num_samples"] == 1

@@ -223,3 +223,23 @@ def test_card_snippets_run_against_the_local_folder(tmp_path):
     assert "SNIPPETS OK" in result.stdout
     # The sliding-window / multi-scale snippet prints two label maps at the image's size (height, width).
     assert "torch.Size([64, 64]) torch.Size([64, 64])" in result.stdout
+
+
+def test_cards_state_the_protocol_of_each_number():
+    large = render_paper_card("large", "ade20k")
+    assert "keep-ratio to 2560×640" in large and "`slide`, 640×640 at stride 426" in large
+    assert "keep-ratio to 2048×512" in render_paper_card("base", "ade20k")
+    city = render_paper_card("tiny", "cityscapes")
+    assert "Protocol (Mask2Former's, which the paper follows)" in city and "the whole full-resolution image" in city
+    assert "eval_mode: ss" in city and "eval_mode: slide" not in city
+    assert "| Dataset | Single-scale, whole image | Multi-scale + flip |" in city
+    # A checkpoint's own numbers name their inference, window and test scale (as training/evaluate.py records them).
+    slide = {"mode": "slide", "mean_iou": 0.8, "test_scale": [2048, 1024]}
+    slide["inference"] = {"mode": "slide", "crop_size": [1024, 1024], "stride": [768, 768]}
+    whole = {"mode": "ss", "mean_iou": 0.81, "test_scale": [2048, 1024], "inference": {"mode": "whole"}}
+    names = [record.metric_name for record in parse_eval_results([whole, slide, {**whole, "test_scale": None}])]
+    assert names == [
+        "mIoU (single-scale, whole image, scale 2048×1024)",
+        "mIoU (single-scale, sliding window 1024×1024 stride 768×768, scale 2048×1024)",
+        "mIoU (single-scale, whole image, original size)",
+    ]

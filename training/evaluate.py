@@ -6,9 +6,13 @@
 Modes (MMSegmentation / Mask2Former protocol): ``ss`` resizes keep-ratio to the benchmark's test scale and runs the
 whole image; ``slide`` does the same with overlapping crops; ``ms`` averages softmax over the ratios 0.5..1.75 of
 the test scale and their horizontal flips (``--ms_inference slide`` for crops at every scale). Predictions are
-always scored at the original label resolution. Each process evaluates a disjoint shard and the confusion matrices
-are summed, so every image counts exactly once. Writes ``eval_results.json`` and colour overlays of the first
-``--num_overlays`` images (image blended with the prediction, beside the image blended with the ground truth).
+always scored at the original label resolution. The test scale and sliding window follow the dataset and the model's
+variant (read from its config; ``--variant`` to choose): 2048×512, windows 512/341 on ADE20K and COCO-Stuff,
+2560×640, windows 640/426 for SegRet-Large on ADE20K; Cityscapes ``ss`` is the whole 1024×2048 image (Mask2Former's
+protocol, which the paper follows), ``slide`` 1024² windows at stride 768 (SegFormer's). Each process evaluates a
+disjoint shard and the confusion matrices are summed, so every image counts exactly once. Writes
+``eval_results.json`` and colour overlays of the first ``--num_overlays`` images (image blended with the prediction,
+beside the image blended with the ground truth).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
+from modeling_segret import SEGRET_VARIANTS
 from modeling_segret.inference_segret import DEFAULT_SCALES, segment
 from training.data import (
     SegmentationDataset,
@@ -51,7 +56,7 @@ from training.data import (
     verify_labels,
 )
 from training.metrics import SegmentationMetric, format_table
-from training.presets import IGNORE_INDEX, DataError, DatasetPreset
+from training.presets import IGNORE_INDEX, DataError, DatasetPreset, preset_for_variant
 from training.transforms import MEAN, STD, EvalTransform, denormalize
 
 MODES = ("ss", "slide", "ms")
@@ -62,6 +67,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or Hub id")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow the model's own code from the Hub")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        choices=list(SEGRET_VARIANTS),
+        help="paper variant whose test scale and window to use (default: the model's, from its config)",
+    )
     add_dataset_arguments(parser)
     group = parser.add_argument_group("inference")
     group.add_argument("--mode", default="ss", choices=MODES)
@@ -72,7 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs=2,
         metavar=("LONG", "SHORT"),
         default=None,
-        help="keep-ratio test resize bounds (default: the preset's, e.g. 2048 512)",
+        help="keep-ratio test resize bounds (default: the dataset's for the model's variant, e.g. 2048 512)",
     )
     group.add_argument(
         "--no_test_resize",
@@ -140,6 +151,20 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def model_variant(config: Any) -> str | None:
+    """The paper variant (``tiny`` ... ``large``) of a SegRet ``config``, or None for other models.
+
+    Matched on the backbone's widths and depths alone, so a fine-tuned or re-exported checkpoint (other classes,
+    retention kernels or decoder options) keeps its variant's test protocol.
+    """
+    if getattr(config, "model_type", None) != "segret":
+        return None
+    for variant, values in SEGRET_VARIANTS.items():
+        if all(list(getattr(config, key, ())) == list(values[key]) for key in ("embed_dims", "depths")):
+            return variant
+    return None
+
+
 def inference_settings(
     preset: DatasetPreset,
     mode: str = "ss",
@@ -153,7 +178,8 @@ def inference_settings(
 ) -> dict[str, Any]:
     """Keyword arguments of :func:`~modeling_segret.inference_segret.segment` for ``mode`` ss, slide or ms.
 
-    Unset sizes come from the preset (benchmark test scale, sliding-window crop and stride).
+    Unset sizes come from the preset (benchmark test scale, sliding-window crop and stride; see
+    :func:`~training.presets.preset_for_variant` for the variant's).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -214,7 +240,7 @@ def evaluate_segmentation(
     ``crop_size``, ``stride``, ``scales``, ``flip``, ``ms_inference``, ``no_test_resize``). Overlays of the rows
     below ``num_overlays`` go to ``overlay_dir``. Returns :meth:`SegmentationMetric.compute` plus ``inference``.
     """
-    preset = preset or dataset.preset
+    preset = preset or preset_for_variant(dataset.preset, model_variant(getattr(model, "config", None)))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inference = inference_settings(preset, mode, **settings)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -260,7 +286,7 @@ def save_overlays(
     **settings: Any,
 ) -> list[Path]:
     """Overlays (image + prediction beside image + ground truth) of the first ``num_overlays`` rows."""
-    preset = preset or dataset.preset
+    preset = preset or preset_for_variant(dataset.preset, model_variant(getattr(model, "config", None)))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inference = inference_settings(preset, mode, **settings)
     mean, std = getattr(dataset.transform, "mean", MEAN), getattr(dataset.transform, "std", STD)
@@ -328,6 +354,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             f"the model predicts {model.config.num_labels} classes but the {preset.name} preset has "
             f"{preset.num_labels}; pick the matching --dataset (or --num_labels for the generic preset)"
         )
+    variant = args.variant or model_variant(model.config)
+    preset = preset_for_variant(preset, variant)  # e.g. SegRet-Large tests ADE20K at 2560×640
     model.to(accelerator.device).eval()
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
     start = time.perf_counter()
@@ -341,7 +369,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     results = summarize(
         scores, preset, dataset.split, args.mode,
-        model=args.model, source=args.source or preset.hub_id, miou_mode=args.miou_mode,
+        model=args.model, variant=variant, source=args.source or preset.hub_id, miou_mode=args.miou_mode,
         num_processes=accelerator.num_processes,
     )  # fmt: skip
     results["seconds"] = round(time.perf_counter() - start, 2)

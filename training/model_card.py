@@ -82,20 +82,23 @@ class DatasetInfo:
     license_note: str
 
 
+def _preset_facts(key: str, variant: str | None = None) -> dict[str, Any]:
+    """Hub id, split, crop, test scale and sliding window of the training preset (`training/presets.py`) for
+    `variant`, so the card describes the protocol that `training/train.py` and `training/evaluate.py` run."""
+    preset = get_preset(key, variant=variant)
+    return {
+        "hub_id": preset.hub_id,
+        "eval_split": preset.eval_split,
+        "crop_size": preset.crop_size,
+        "test_scale": preset.test_scale,
+        "slide_crop": preset.slide_crop[0],
+        "slide_stride": preset.slide_stride[0],
+    }
+
+
 def _paper_dataset(key: str, **card_fields: Any) -> DatasetInfo:
-    """A benchmark's card facts; its Hub id, split, crop, test scale and sliding window come from the training
-    preset (`training/presets.py`), so the card describes the protocol `training/data.py` runs."""
-    preset = get_preset(key)
-    return DatasetInfo(
-        key=key,
-        hub_id=preset.hub_id,
-        eval_split=preset.eval_split,
-        crop_size=preset.crop_size,
-        test_scale=preset.test_scale,
-        slide_crop=preset.slide_crop[0],
-        slide_stride=preset.slide_stride[0],
-        **card_fields,
-    )
+    """A benchmark's card facts at the dataset's default scales (see `dataset_info` for a variant's)."""
+    return DatasetInfo(key=key, **_preset_facts(key), **card_fields)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -134,8 +137,6 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 _DATASET_ALIASES = {"coco-stuff": "coco_stuff", "cocostuff": "coco_stuff", "ade": "ade20k", "scene_parse_150": "ade20k"}
-# The paper's Large variant trains and tests ADE20K at 640 (crop 640×640, test scale 2560×640).
-_LARGE_ADE20K = {"crop_size": (640, 640), "test_scale": (2560, 640), "slide_crop": 640, "slide_stride": 426}
 
 # SPEC §8: the paper's mIoU (single-scale, multi-scale + flip) per variant and dataset.
 PAPER_RESULTS: dict[tuple[str, str], tuple[float, float]] = {
@@ -172,13 +173,14 @@ CITATION = """```bibtex
 
 
 def dataset_info(dataset: str | None, variant: str | None = None) -> DatasetInfo | None:
-    """The paper benchmark called `dataset` (preset names and repository slugs both work), None for any other."""
+    """The paper benchmark called `dataset` (preset names and repository slugs both work), None for any other;
+    with `variant`, at that variant's scales (the paper's Large trains and tests ADE20K at 640)."""
     if dataset is None:
         return None
     key = _DATASET_ALIASES.get(dataset.lower(), dataset.lower())
     info = DATASETS.get(key)
-    if info is not None and variant == "large" and key == "ade20k":
-        info = replace(info, **_LARGE_ADE20K)
+    if info is not None and variant:
+        info = replace(info, **_preset_facts(key, variant))
     return info
 
 
@@ -257,6 +259,12 @@ def _parse_record(entry: Mapping, where: str, mode_hint: str | None = None) -> E
     else:
         kind = "slide" if raw_mode == "slide" else "whole"
         description = "single-scale, " + ("sliding window" if kind == "slide" else "whole image")
+        if kind == "slide" and inference.get("crop_size") and inference.get("stride"):
+            description += f" {_size(inference['crop_size'])} stride {_size(inference['stride'])}"
+    # The test scale the run used (training/evaluate.py records it; None = the images' own size).
+    if "test_scale" in entry:
+        scale = entry["test_scale"]
+        description += f", {'scale ' + _size(scale) if scale else 'original size'}"
 
     def optional_percent(fraction_key: str, percent_key: str) -> float | None:
         if entry.get(fraction_key) is not None:
@@ -551,9 +559,10 @@ for segment in segmenter(Image.open("image.jpg").convert("RGB")):
     print(segment["label"], segment["mask"].size)
 ```
 
-Sliding-window and multi-scale + flip inference, as in the paper's evaluation (MMSegmentation's protocol): the
-functions ship with the model in `inference_segret.py`. The image is normalised at its original size and resized
-inside, in floating point, to the test scale ({test_scale[0]}×{test_scale[1]}, long × short side bound):
+Multi-scale + flip inference (the paper's MS numbers) and sliding-window inference (an option; the paper's
+single-scale numbers predict the whole image, as above): the functions ship with the model in `inference_segret.py`.
+The image is normalised at its original size and resized inside, in floating point, to the test scale
+({test_scale[0]}×{test_scale[1]}, long × short side bound):
 
 ```python
 import torch
@@ -688,14 +697,17 @@ def _evaluation(records: Sequence[EvalRecord], variant: str | None, info: Datase
                     "",
                 ]
     if info:
+        whole = " (Cityscapes' 2048×1024 images: the whole full-resolution image)" if info.key == "cityscapes" else ""
         protocol = (
-            f"Protocol (MMSegmentation's, as the paper): the image is resized keep-ratio to "
-            f"{info.test_scale[0]}×{info.test_scale[1]} (long × short side bound) and predicted whole (`ss`) or with "
-            f"{info.slide_crop}×{info.slide_crop} windows at stride {info.slide_stride} (`slide`), and the logits are "
-            "resized to the original label size; multi-scale (`ms`) uses the ratios 0.5–1.75 of that scale, each "
-            "also flipped, and averages the softmax. mIoU sums intersections and unions over the whole "
-            f"{info.eval_split} split. Run `python training/evaluate.py --model <folder> --dataset {info.key} --mode "
-            "ss|slide|ms`, then `python -m training.publish` to put the results here."
+            "Protocol (Mask2Former's, which the paper follows): single-scale (`ss`) resizes the image keep-ratio to "
+            f"{info.test_scale[0]}×{info.test_scale[1]} (long × short side bound) and predicts it whole{whole}; "
+            "multi-scale (`ms`) uses the ratios 0.5–1.75 of that scale, each also flipped, and averages the "
+            "softmax; the logits are resized to the original label size. The paper's two columns below are these two "
+            f"protocols. Sliding windows (`slide`, {info.slide_crop}×{info.slide_crop} at stride "
+            f"{info.slide_stride}, MMSegmentation's) are an option, reported as such. mIoU sums intersections and "
+            f"unions over the whole {info.eval_split} split. Run `python training/evaluate.py --model <folder> "
+            f"--dataset {info.key} --mode ss|slide|ms` (the test scale and windows follow the model's variant, read "
+            "from its config), then `python -m training.publish` to put the results here."
         )
         lines.append(protocol)
         lines.append("")
@@ -704,7 +716,7 @@ def _evaluation(records: Sequence[EvalRecord], variant: str | None, info: Datase
             f"The paper's results (mIoU, {info.eval_split} split) for SegRet-{variant.capitalize()}"
             + (" — **not measured on this checkpoint**:" if not records else ":"),
             "",
-            "| Dataset | Single-scale | Multi-scale + flip |",
+            "| Dataset | Single-scale, whole image | Multi-scale + flip |",
             "|---|---|---|",
         ]
         for key, other in DATASETS.items():

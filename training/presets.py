@@ -119,13 +119,15 @@ def get_preset(
     reduce_labels: bool = False,
     class_names: Sequence[str] | None = None,
     label_encoding: str = "labelIds",
+    variant: str | None = None,
 ) -> DatasetPreset:
     """The preset ``name`` (``ade20k``, ``cityscapes``, ``coco_stuff`` or ``generic``), columns overridable.
 
     ``generic`` needs ``num_labels`` (or ``class_names``); with ``reduce_labels`` raw 0 is ignored and v -> v-1
     (the ADE20K convention), otherwise raw values are train ids already (0..num_labels-1, 255 ignored).
     ``label_encoding`` is for Cityscapes: ``labelIds`` (0..33, the official ``*_gtFine_labelIds.png``) or
-    ``trainIds`` (0..18 + 255).
+    ``trainIds`` (0..18 + 255). ``variant`` (``tiny`` ... ``large``) applies the paper's scales for that variant
+    (:func:`preset_for_variant`: Large crops and tests ADE20K at 640).
     """
     if name == "ade20k":
         classes, palette = _metainfo("ade20k")
@@ -220,6 +222,28 @@ def get_preset(
     else:
         raise ValueError(f"unknown dataset preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     overrides = {k: v for k, v in (("image_column", image_column), ("label_column", label_column)) if v}
+    return preset_for_variant(replace(preset, **overrides) if overrides else preset, variant)
+
+
+# Where a paper variant trains and tests at other scales than its dataset's defaults: SegRet-Large crops ADE20K at
+# 640×640 and tests it at 2560×640 (mmseg's ade20k_640x640 settings, Mask2Former's res640), windows 640 / 426.
+VARIANT_SCALES: dict[tuple[str, str], dict[str, tuple[int, int]]] = {
+    ("large", "ade20k"): {
+        "train_scale": (2560, 640),
+        "crop_size": (640, 640),
+        "test_scale": (2560, 640),
+        "slide_crop": (640, 640),
+        "slide_stride": (426, 426),
+    },
+}
+
+
+def preset_for_variant(preset: DatasetPreset, variant: str | None) -> DatasetPreset:
+    """``preset`` with the crop, scales and sliding window the paper uses for ``variant`` on that dataset.
+
+    Unchanged where the variant uses the dataset's defaults, and for ``variant=None`` (a custom architecture).
+    """
+    overrides = VARIANT_SCALES.get((variant, preset.name)) if variant else None
     return replace(preset, **overrides) if overrides else preset
 
 

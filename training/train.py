@@ -36,10 +36,10 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
+from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict, load_checkpoint
 from training.data import SegmentationDataset, build_dataset, collate_train
-from training.evaluate import evaluate_segmentation, summarize
+from training.evaluate import evaluate_segmentation, model_variant, summarize
 from training.metrics import format_table
 from training.presets import DatasetPreset, get_preset
 from training.synthetic import generate as generate_synthetic
@@ -145,10 +145,12 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
 
 
 # ----------------------------------------------------------------------------------------------------- data
-def resolve_preset(data_args: DataArguments) -> DatasetPreset:
-    """The dataset preset, with the recipe's crop and scales."""
+def resolve_preset(data_args: DataArguments, variant: str | None = None) -> DatasetPreset:
+    """The dataset preset at the paper's scales for ``variant`` (Large: ADE20K at 640), with the recipe's crop and
+    scales."""
     preset = get_preset(
         data_args.dataset,
+        variant=variant,
         image_column=data_args.image_column,
         label_column=data_args.label_column,
         num_labels=data_args.num_labels,
@@ -336,7 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
 
     # ---- data
-    preset = resolve_preset(data_args)
+    saved = model_args.model_name_or_path
+    variant = model_variant(SegRetConfig.from_pretrained(saved)) if saved else model_args.variant
+    preset = resolve_preset(data_args, variant)
     source = data_args.dataset_path
     if data_args.dataset == "synthetic" and (source is None or not Path(source).exists()):
         # Generated on first use (and again if the requested sizes change); an existing folder given is used as is.
@@ -513,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict:
         processor.save_pretrained(output_dir)
         summary = summarize(
             eval_results, preset, eval_dataset.split, data_args.eval_mode, model=str(output_dir),
-            source=source or preset.hub_id, variant=model_args.variant, global_step=step,
+            source=source or preset.hub_id, variant=variant, global_step=step,
             num_processes=accelerator.num_processes,
         )  # fmt: skip
         (output_dir / "eval_results.json").write_text(json.dumps(summary, indent=2) + "\n")
