@@ -153,22 +153,64 @@ def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
     return np.stack([hue, s, v], axis=-1).astype(np.uint8)
 
 
+def _opencv_simd_lanes() -> int:
+    """float32 lanes of the vector code OpenCV's colour conversions dispatch to on this CPU.
+
+    16 with AVX-512 (SKX), 8 with AVX2 + FMA, 4 otherwise (SSE), as OpenCV 4.x's runtime dispatch chooses; read from
+    ``/proc/cpuinfo``, 8 (AVX2) where that is unavailable.
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return 8
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return 16
+    return 8 if {"avx2", "fma", "f16c"} <= flags else 4
+
+
+# The pixel blocks of cv2.cvtColor's vector loop (4 vectors of float32 lanes) depend on the CPU; mmcv's
+# PhotoMetricDistortion gives different ±1 roundings on AVX-512 and AVX2 machines.
+OPENCV_SIMD_LANES = _opencv_simd_lanes()
 # Which of (v, v(1-s), v(1-s f), v(1-s(1-f))) is R, G, B in each 60-degree sector.
 _SECTOR_RGB = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """uint8 HSV (OpenCV conventions, see :func:`rgb_to_hsv`) -> uint8 RGB, computed in float32 like OpenCV."""
-    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
-    s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
-    v = hsv[..., 2].astype(np.float32) * np.float32(1.0 / 255.0)
-    h = np.mod(h, np.float32(6.0))
-    sector = np.floor(h).astype(np.int64)
-    frac = h - sector
-    sector = np.where(sector >= 6, 0, sector)
-    table = np.stack([v, v * (1 - s), v * (1 - s * frac), v * (1 - s * (1 - frac))], axis=-1)
-    rgb = np.take_along_axis(table, _SECTOR_RGB[sector], axis=-1)
-    return np.clip(np.rint(rgb * np.float32(255.0)), 0, 255).astype(np.uint8)
+def _one_minus_product(a: np.ndarray, b: np.ndarray, fused: bool) -> np.ndarray:
+    """float32 ``1 - a*b``, with one rounding where the compiler fused it into an FMA (OpenCV's AVX2/AVX-512 code)."""
+    if not fused:
+        return np.float32(1.0) - a * b
+    return (1.0 - a.astype(np.float64) * b).astype(np.float32)  # the float64 product of two float32 is exact
+
+
+def hsv_to_rgb(hsv: np.ndarray, simd_lanes: int = OPENCV_SIMD_LANES) -> np.ndarray:
+    """uint8 HSV (OpenCV conventions, see :func:`rgb_to_hsv`) -> uint8 RGB, equal to ``cv2.cvtColor`` bit for bit.
+
+    OpenCV converts each image row in blocks of ``4 * simd_lanes`` pixels with vector code that truncates to uint8,
+    and the remaining ``width % (4 * simd_lanes)`` pixels with scalar code that rounds to nearest; both compute in
+    float32, with ``1 - s*f`` fused into one FMA on AVX2/AVX-512 builds. This does the same per column.
+    """
+    f32 = np.float32
+    width = hsv.shape[-2] if hsv.ndim >= 2 else 1
+    block = 4 * simd_lanes
+    vector = np.arange(width) < width // block * block  # columns OpenCV's vector loop converts
+    h = hsv[..., 0].astype(f32) * (f32(6.0) / f32(180.0))
+    s = hsv[..., 1].astype(f32) * f32(1.0 / 255.0)
+    v = hsv[..., 2].astype(f32) * f32(1.0 / 255.0)
+    # Sector and position in it: the vector code takes the integer part mod 6, the scalar code fmod(h, 6) (equal for
+    # hues below 180).
+    whole = np.trunc(h)
+    h_mod = np.fmod(h, f32(6.0))
+    sector = np.where(vector, whole - np.trunc(whole * f32(1.0 / 6.0)) * f32(6.0), np.floor(h_mod))
+    frac = np.where(vector, h - whole, h_mod - np.floor(h_mod))
+    fused = simd_lanes >= 8
+    table = np.stack(
+        [v, v * (f32(1.0) - s), v * _one_minus_product(s, frac, fused), v * _one_minus_product(s, 1 - frac, fused)],
+        axis=-1,
+    )
+    rgb = np.take_along_axis(table, _SECTOR_RGB[sector.astype(np.int64) % 6], axis=-1) * f32(255.0)
+    rgb = np.where(vector[:, None], np.trunc(rgb), np.rint(rgb))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def _affine_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
