@@ -1,4 +1,4 @@
-"""MMSegmentation-equivalent data augmentation on numpy arrays (no OpenCV, no torchvision).
+"""MMSegmentation-equivalent data augmentation on numpy arrays (no OpenCV needed, no torchvision).
 
 Training pipeline (mmseg 1.x ``train_pipeline`` + ``SegDataPreProcessor``, identical in 0.x):
 ``RandomResize(scale, ratio_range=(0.5, 2.0), keep_ratio=True)`` -> ``RandomCrop(crop, cat_max_ratio=0.75)`` ->
@@ -7,8 +7,9 @@ Training pipeline (mmseg 1.x ``train_pipeline`` + ``SegDataPreProcessor``, ident
 Images are uint8 RGB arrays (H, W, 3), labels integer arrays (H, W) already in train ids (255 = ignore).
 Every random step takes an explicit ``numpy.random.Generator``; without one, :func:`sample_rng` gives one seeded
 from torch's global RNG, which PyTorch seeds differently in every DataLoader worker and epoch.
-Resizing reproduces OpenCV: bilinear with half-pixel centres and no antialiasing for images (computed in float and
-rounded back to uint8), and OpenCV's ``INTER_NEAREST`` index rule for labels.
+Resizing and colour conversion equal mmcv's cv2 backend bit for bit (tests/test_transforms.py compares with OpenCV):
+``cv2.resize`` ``INTER_LINEAR`` fixed-point arithmetic for images, its ``INTER_NEAREST`` index rule for labels, and
+``cv2.cvtColor``'s uint8 RGB <-> HSV rounding in the photometric distortion.
 """
 
 from __future__ import annotations
@@ -42,23 +43,61 @@ def _size_pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------------------- resizing
+def _linear_taps(in_size: int, out_size: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV ``INTER_LINEAR`` taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1).
+
+    Position ``(d + 0.5) * (1 / (out / in)) - 0.5`` in float32, split into floor and fraction; the weights are
+    ``round((1 - frac) * 2048)`` and ``round(frac * 2048)``. Along x (``clamp``) positions outside the image take the
+    edge pixel with weight (2048, 0); along y the weights are kept and the rows are clipped to the image.
+    """
+    position = ((np.arange(out_size) + 0.5) * (1.0 / (out_size / in_size)) - 0.5).astype(np.float32)
+    index = np.floor(position)
+    frac = position - index
+    index = index.astype(np.int64)
+    if clamp:
+        outside = (index < 0) | (index >= in_size - 1)
+        frac[outside] = 0
+        index = np.clip(index, 0, in_size - 1)
+    w0 = np.rint((np.float32(1.0) - frac) * np.float32(2048.0)).astype(np.int32)
+    w1 = np.rint(frac * np.float32(2048.0)).astype(np.int32)
+    return np.clip(index, 0, in_size - 1), np.clip(index + 1, 0, in_size - 1), w0, w1
+
+
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Bilinear resize of a uint8 (H, W, C) image to ``size`` = (h, w), OpenCV ``INTER_LINEAR`` semantics."""
+    """Bilinear resize of a uint8 (H, W, C) image to ``size`` = (h, w), equal to ``cv2.resize`` ``INTER_LINEAR``.
+
+    OpenCV's fixed-point arithmetic: 11-bit weights, a horizontal pass into integers, then a vertical pass computed
+    as its vector code does, ``((((a >> 4) * w0) >> 16) + (((b >> 4) * w1) >> 16) + 2) >> 2``. Halving both sides
+    averages 2×2 blocks with rounding, as OpenCV does there (``INTER_AREA``).
+    """
     h, w = int(size[0]), int(size[1])
-    if image.shape[:2] == (h, w):
+    height, width = image.shape[:2]
+    if (height, width) == (h, w):
         return image
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-    return x[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    pixels = image.astype(np.int32)
+    if (height, width) == (2 * h, 2 * w):
+        blocks = pixels[0::2, 0::2] + pixels[0::2, 1::2] + pixels[1::2, 0::2] + pixels[1::2, 1::2]
+        return ((blocks + 2) >> 2).astype(np.uint8)
+    x0, x1, a0, a1 = _linear_taps(width, w, clamp=True)
+    a0, a1 = a0.reshape(1, w, *[1] * (image.ndim - 2)), a1.reshape(1, w, *[1] * (image.ndim - 2))
+    rows = (pixels[:, x0] * a0 + pixels[:, x1] * a1) >> 4  # (H, w, C), weight sum 2048, then >> 4 as OpenCV
+    y0, y1, b0, b1 = _linear_taps(height, h, clamp=False)
+    b0, b1 = b0.reshape(h, *[1] * (image.ndim - 1)), b1.reshape(h, *[1] * (image.ndim - 1))
+    out = (((rows[y0] * b0) >> 16) + ((rows[y1] * b1) >> 16) + 2) >> 2
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def resize_label(label: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) label map, OpenCV ``INTER_NEAREST``: source index floor(dst * in/out)."""
+    """Nearest-neighbour resize of an (H, W) label map, equal to ``cv2.resize`` ``INTER_NEAREST``.
+
+    Source index ``floor(dst * (1 / (out / in)))`` in double precision, as OpenCV computes it (not ``dst * in/out``,
+    which picks a neighbouring pixel on some size pairs).
+    """
     h, w = int(size[0]), int(size[1])
     if label.shape[:2] == (h, w):
         return label
-    rows = np.minimum((np.arange(h) * (label.shape[0] / h)).astype(np.int64), label.shape[0] - 1)
-    cols = np.minimum((np.arange(w) * (label.shape[1] / w)).astype(np.int64), label.shape[1] - 1)
+    rows = np.minimum(np.floor(np.arange(h) * (1.0 / (h / label.shape[0]))).astype(np.int64), label.shape[0] - 1)
+    cols = np.minimum(np.floor(np.arange(w) * (1.0 / (w / label.shape[1]))).astype(np.int64), label.shape[1] - 1)
     return label[rows[:, None], cols[None, :]]
 
 
