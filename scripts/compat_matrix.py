@@ -17,6 +17,7 @@ It prints a Markdown table (the README's "Compatibility" table) and writes the r
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -76,8 +77,8 @@ COLUMNS = {
 }
 
 
-def venv_python(version: str) -> Path:
-    return VENVS / f"transformers-{version}" / "bin" / "python"
+def venv_python(version: str, name_suffix: str = "") -> Path:
+    return VENVS / f"transformers-{version}{name_suffix}" / "bin" / "python"
 
 
 def _wheel_requirements(wheel: Path, names: tuple[str, ...]) -> list[str]:
@@ -101,35 +102,59 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
 
 
-def ensure_venv(version: str) -> Path:
-    """Builds (once) the venv for `transformers==version`; returns its python. Raises RuntimeError on failure."""
-    python = venv_python(version)
-    marker = python.parent.parent / ".complete"
-    if marker.exists():
-        return python
+def ensure_venv(version: str, extra_requirements: tuple[str, ...] = (), name_suffix: str = "") -> Path:
+    """Builds (once) the venv for `transformers==version` (plus `extra_requirements`, in the venv named with
+    `name_suffix`); returns its python. Raises RuntimeError on failure."""
+    python = venv_python(version, name_suffix)
     venv_dir = python.parent.parent
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with open(VENVS / f"{venv_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process (e.g. a parallel test run) may be building it
+        if not (venv_dir / ".complete").exists():
+            _build_venv(version, venv_dir, extra_requirements)
+    return python
+
+
+def _build_venv(version: str, venv_dir: Path, extra_requirements: tuple[str, ...]) -> None:
+    python = venv_dir / "bin" / "python"
     _check(_run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(venv_dir)]), "venv")
     WHEELS.mkdir(parents=True, exist_ok=True)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
     _check(_run([*pip, "download", "--no-deps", "-d", str(WHEELS), f"transformers=={version}"]), "download")
     wheel = next(WHEELS.glob(f"transformers-{version}-*.whl"))
     # Only the wheel: its own dependencies come from the system site-packages, except those below.
-    _check(_run([*pip, "install", "--no-deps", str(wheel)]), "install transformers")
+    _check(_run([*pip, "install", "--no-compile", "--no-deps", str(wheel)]), "install transformers")
     pinned = _wheel_requirements(wheel, ("huggingface-hub", "tokenizers"))
     # huggingface_hub / tokenizers at the versions this transformers accepts, with their small dependencies; torch is
     # constrained to the installed version so pip can never download it.
     constraints = venv_dir / "constraints.txt"
     constraints.write_text("torch==2.13.0\n")
     _check(
-        _run([*pip, "install", "--find-links", str(WHEELS), "-c", str(constraints), *pinned]),
-        f"install {pinned}",
+        _run(
+            [
+                *pip,
+                "install",
+                "--no-compile",
+                "--find-links",
+                str(WHEELS),
+                "-c",
+                str(constraints),
+                *pinned,
+                *extra_requirements,
+            ]
+        ),
+        f"install {pinned + list(extra_requirements)}",
     )
     site_packages = next(venv_dir.glob("lib/python*/site-packages"))
     if any(site_packages.glob("torch")) or any(site_packages.glob("torch-*")):
         raise RuntimeError(f"pip installed torch into {venv_dir}; the matrix must reuse the system torch")
     _check(_run([str(python), "-c", "import transformers, torch; print(transformers.__version__)"]), "import")
-    marker.write_text(version + "\n")
-    return python
+    (venv_dir / ".complete").write_text(version + "\n")
+
+
+def ensure_training_venv(version: str = TEST_VERSIONS[0]) -> Path:
+    """The venv of `version` plus a `datasets` release that accepts its huggingface_hub (for training code)."""
+    return ensure_venv(version, extra_requirements=("datasets>=4,<5",), name_suffix="-train")
 
 
 def _check(result: subprocess.CompletedProcess, what: str) -> None:
