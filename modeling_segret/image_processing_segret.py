@@ -33,6 +33,13 @@ try:  # transformers >= 5.4: the base class of NumPy / PIL image processors
     from transformers.image_processing_backends import PilBackend as ImageProcessorBase
 except ImportError:  # transformers 4.57 - 5.3: the classic base class
     from transformers.image_processing_utils import BaseImageProcessor as ImageProcessorBase
+
+if not hasattr(SizeDict, "__iter__"):  # transformers 4.57 - 5.3: `dict(processor.size)` as on newer versions
+
+    class SizeDict(SizeDict):
+        def __iter__(self):
+            yield from _size_items(self).items()
+
 # The base class only saves, loads and calls `preprocess`: SegRetImageProcessor sets its settings, merges per-call
 # options, validates, resizes, rescales, normalises and pads itself, so it computes the same on every version.
 # ---------------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -31,6 +32,7 @@ PROBE = REPOSITORY / "scripts" / "compat_probe.py"
 CACHE = REPOSITORY / ".cache"
 VENVS = CACHE / "compat-venvs"
 WHEELS = CACHE / "compat-wheels"
+LAYERS = CACHE / "compat-layers"
 
 # The newest patch of every minor release from the last 4.x to the newest 5.x (`pip index versions transformers`).
 MATRIX_VERSIONS = (
@@ -83,8 +85,6 @@ def venv_python(version: str, name_suffix: str = "") -> Path:
 
 def _wheel_requirements(wheel: Path, names: tuple[str, ...]) -> list[str]:
     """The `Requires-Dist` lines of a wheel for the given distributions (no extras)."""
-    import zipfile
-
     with zipfile.ZipFile(wheel) as archive:
         metadata_name = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
         metadata = archive.read(metadata_name).decode()
@@ -116,40 +116,52 @@ def ensure_venv(version: str, extra_requirements: tuple[str, ...] = (), name_suf
 
 
 def _build_venv(version: str, venv_dir: Path, extra_requirements: tuple[str, ...]) -> None:
-    python = venv_dir / "bin" / "python"
-    _check(_run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(venv_dir)]), "venv")
-    WHEELS.mkdir(parents=True, exist_ok=True)
-    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    _check(_run([*pip, "download", "--no-deps", "-d", str(WHEELS), f"transformers=={version}"]), "download")
-    wheel = next(WHEELS.glob(f"transformers-{version}-*.whl"))
-    # Only the wheel: its own dependencies come from the system site-packages, except those below.
-    _check(_run([*pip, "install", "--no-compile", "--no-deps", str(wheel)]), "install transformers")
-    pinned = _wheel_requirements(wheel, ("huggingface-hub", "tokenizers"))
-    # huggingface_hub / tokenizers at the versions this transformers accepts, with their small dependencies; torch is
-    # constrained to the installed version so pip can never download it.
-    constraints = venv_dir / "constraints.txt"
-    constraints.write_text("torch==2.13.0\n")
+    """A venv without pip (fast to create) that sees the system site-packages (torch), the transformers wheel
+    extracted into its own site-packages (a pure-Python wheel: extracting is installing), and, through a `.pth`
+    file, a shared layer holding the huggingface_hub / tokenizers (+ extras) versions this transformers accepts."""
     _check(
-        _run(
-            [
-                *pip,
-                "install",
-                "--no-compile",
-                "--find-links",
-                str(WHEELS),
-                "-c",
-                str(constraints),
-                *pinned,
-                *extra_requirements,
-            ]
-        ),
-        f"install {pinned + list(extra_requirements)}",
+        _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", "--clear", str(venv_dir)]),
+        "venv",
     )
+    wheel = _download_wheel(version)
     site_packages = next(venv_dir.glob("lib/python*/site-packages"))
-    if any(site_packages.glob("torch")) or any(site_packages.glob("torch-*")):
-        raise RuntimeError(f"pip installed torch into {venv_dir}; the matrix must reuse the system torch")
-    _check(_run([str(python), "-c", "import transformers, torch; print(transformers.__version__)"]), "import")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site_packages)
+    layer = _ensure_layer((*_wheel_requirements(wheel, ("huggingface-hub", "tokenizers")), *extra_requirements))
+    (site_packages / "segret-compat-layer.pth").write_text(f"{layer}\n")
+    for directory in (site_packages, layer):
+        if any(directory.glob("torch")) or any(directory.glob("torch-*")):
+            raise RuntimeError(f"torch was installed into {directory}; the matrix must reuse the system torch")
+    _check(_run([str(venv_dir / "bin" / "python"), "-c", "import transformers, torch"]), "import")
     (venv_dir / ".complete").write_text(version + "\n")
+
+
+def _download_wheel(version: str) -> Path:
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    wheels = list(WHEELS.glob(f"transformers-{version}-*.whl"))
+    if not wheels:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(WHEELS)]
+        _check(_run([*command, f"transformers=={version}"]), f"download transformers=={version}")
+        wheels = list(WHEELS.glob(f"transformers-{version}-*.whl"))
+    return wheels[0]
+
+
+def _ensure_layer(requirements: tuple[str, ...]) -> Path:
+    """`pip install --target` of `requirements` (with their dependencies; torch constrained to the installed version
+    so pip can never download it), shared by every venv with the same requirements."""
+    name = "-".join(sorted(requirements)).translate(str.maketrans("<>=!,;", "lgenc_"))
+    layer = LAYERS / name
+    LAYERS.mkdir(parents=True, exist_ok=True)
+    with open(LAYERS / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (layer / ".complete").exists():
+            constraints = LAYERS / "constraints.txt"
+            constraints.write_text("torch==2.13.0\n")
+            command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
+            command += ["--upgrade", "--target", str(layer), "-c", str(constraints), *requirements]
+            _check(_run(command), f"install {list(requirements)}")
+            (layer / ".complete").write_text(" ".join(requirements) + "\n")
+    return layer
 
 
 def ensure_training_venv(version: str = TEST_VERSIONS[0]) -> Path:
@@ -170,6 +182,7 @@ def _clean_environment(modules_cache: Path) -> dict[str, str]:
 
 def run_probe(python: Path | str, mode: str, folder: Path, work_dir: Path, with_package: bool = False) -> dict:
     """Runs compat_probe.py `mode` with `python` in `work_dir`; returns its JSON report."""
+    work_dir.mkdir(parents=True, exist_ok=True)
     environment = _clean_environment(work_dir / "modules")
     if with_package:
         environment["PYTHONPATH"] = str(REPOSITORY)
@@ -199,6 +212,7 @@ def check_version(version: str, current_folder: Path, work_root: Path) -> dict:
 
 def save_reference(folder: Path) -> dict:
     """Saves the reference folder with the current environment (package importable)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
     return run_probe(sys.executable, "save", folder, folder.parent, with_package=True)
 
 
