@@ -242,7 +242,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--versions", nargs="+", default=list(MATRIX_VERSIONS))
     parser.add_argument("--output", type=Path, default=CACHE / "compat-matrix.json")
+    parser.add_argument("--table", nargs="+", type=Path, help="only print the table of these saved JSON results")
     args = parser.parse_args()
+    if args.table:
+        reports = {}
+        for path in args.table:
+            reports.update(json.loads(path.read_text()))
+        print(markdown_table(dict(sorted(reports.items(), key=lambda item: MATRIX_VERSIONS.index(item[0])))))
+        return
 
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="segret-compat-") as temporary:
@@ -257,8 +264,8 @@ def main() -> None:
                 reports[version] = {"error": str(error)}
             status = "error" if "error" in reports[version] else "done"
             print(f"{version}: {status} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(reports, indent=2))
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(reports, indent=2))  # after every version: a long run can be cut
     print(markdown_table(reports))
 
 
