@@ -5,13 +5,11 @@ The classes are also registered for remote code, so `save_pretrained` writes the
 `auto_map`: a saved folder then loads with `trust_remote_code=True` where this package is not installed.
 """
 
-from transformers import (
-    AutoBackbone,
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForSemanticSegmentation,
-)
+from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+
+# transformers 5.4 - 5.17 without torchvision export a placeholder as `transformers.AutoImageProcessor`, whose every
+# use raises; the class in its own module works on every version.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_segret import SEGRET_VARIANTS, SegRetConfig, segret_variant_config
 from .image_processing_segret import SegRetImageProcessor
@@ -26,7 +24,10 @@ AutoConfig.register(SegRetConfig.model_type, SegRetConfig, exist_ok=True)
 AutoModel.register(SegRetConfig, SegRetModel, exist_ok=True)
 AutoBackbone.register(SegRetConfig, SegRetBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(SegRetConfig, SegRetForSemanticSegmentation, exist_ok=True)
-AutoImageProcessor.register(SegRetConfig, image_processor_classes={"pil": SegRetImageProcessor}, exist_ok=True)
+try:  # transformers >= 5.4: one image processor class per backend
+    AutoImageProcessor.register(SegRetConfig, image_processor_classes={"pil": SegRetImageProcessor}, exist_ok=True)
+except TypeError:  # transformers 4.57 - 5.3: the "slow" (NumPy / PIL) class
+    AutoImageProcessor.register(SegRetConfig, slow_image_processor_class=SegRetImageProcessor, exist_ok=True)
 
 SegRetConfig.register_for_auto_class("AutoConfig")
 SegRetModel.register_for_auto_class("AutoModel")

@@ -1,9 +1,27 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
 """SegRet model configuration."""
 
-from huggingface_hub.dataclasses import strict
-from transformers.backbone_utils import BackboneConfigMixin
-from transformers.configuration_utils import PreTrainedConfig
+from collections.abc import Sequence
+
+# --- Compatibility with transformers 4.57 ... 5.x (this file is Hub remote code): newest location first. -------------
+try:  # transformers >= 5.1
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # transformers 4.57 - 5.0: the older module, without `set_output_features_output_indices`
+    from transformers.utils.backbone_utils import BackboneConfigMixin as _BackboneConfigMixin
+    from transformers.utils.backbone_utils import get_aligned_output_features_output_indices
+
+    class BackboneConfigMixin(_BackboneConfigMixin):
+        def set_output_features_output_indices(self, out_features, out_indices) -> None:
+            self._out_features, self._out_indices = get_aligned_output_features_output_indices(
+                out_features=out_features, out_indices=out_indices, stage_names=self.stage_names
+            )
+
+
+try:  # transformers >= 5.0
+    from transformers.configuration_utils import PreTrainedConfig
+except ImportError:  # transformers 4.57
+    from transformers.configuration_utils import PretrainedConfig as PreTrainedConfig
+# ---------------------------------------------------------------------------------------------------------------------
 
 RETENTION_MODES = ("decomposed", "global")
 
@@ -57,6 +75,44 @@ SEGRET_VARIANTS: dict[str, dict] = {
 
 # Written into every saved config.json (with the code files) once the classes are registered for the Auto API,
 # so a saved folder loads with `trust_remote_code=True` where this package is not installed.
+# Types checked by `SegRetConfig.validate_architecture`: scalar fields, and the lists with one value per stage.
+_SCALAR_TYPES = {
+    "num_channels": int,
+    "layer_scale_init_value": float,
+    "drop_path_rate": float,
+    "ffn_depthwise_conv": bool,
+    "decoder_hidden_size": int,
+    "decoder_dropout": float,
+    "initializer_range": float,
+    "semantic_loss_ignore_index": int,
+    "loss_average_over_all_pixels": bool,
+}
+_PER_STAGE_TYPES = {
+    "embed_dims": int,
+    "depths": int,
+    "num_heads": int,
+    "decay_init_values": float,
+    "decay_head_ranges": float,
+    "mlp_ratios": float,
+    "retention_modes": str,
+    "use_layer_scale": bool,
+}
+
+
+def _has_type(value: object, expected_type: type) -> bool:
+    """isinstance, where a bool is no int and an int is a float (as in JSON)."""
+    if isinstance(value, bool):
+        return expected_type is bool
+    if expected_type is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected_type)
+
+
+def _as_list(values: object) -> object:
+    """Stores per-stage tuples as lists, as they come back from config.json; anything else is checked later."""
+    return list(values) if isinstance(values, tuple) else values
+
+
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_segret.SegRetConfig",
     "AutoModel": "modeling_segret.SegRetModel",
@@ -65,7 +121,6 @@ REMOTE_CODE_AUTO_MAP = {
 }
 
 
-@strict
 class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a SegRet model: an RMT (Vision RetNet) backbone and SegRet's lightweight residual decoder.
@@ -107,34 +162,57 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
     model_type = "segret"
     attribute_map = {"num_hidden_layers": "num_stages"}
 
-    num_channels: int = 3
-    embed_dims: list[int] | tuple[int, ...] = (64, 128, 256, 512)
-    depths: list[int] | tuple[int, ...] = (2, 2, 8, 2)
-    num_heads: list[int] | tuple[int, ...] = (4, 4, 8, 16)
-    decay_init_values: list[float] | tuple[float, ...] = (2.0, 2.0, 2.0, 2.0)
-    decay_head_ranges: list[float] | tuple[float, ...] = (4.0, 4.0, 6.0, 6.0)
-    mlp_ratios: list[float] | tuple[float, ...] = (3.0, 3.0, 3.0, 3.0)
-    retention_modes: list[str] | tuple[str, ...] = ("decomposed", "decomposed", "global", "global")
-    use_layer_scale: list[bool] | tuple[bool, ...] = (False, False, False, False)
-    layer_scale_init_value: float = 1e-6
-    drop_path_rate: float = 0.1
-    ffn_depthwise_conv: bool = True
-    decoder_hidden_size: int = 256
-    decoder_dropout: float = 0.1
-    initializer_range: float = 0.02
-    semantic_loss_ignore_index: int = 255
-    loss_average_over_all_pixels: bool = False
-    _out_features: list[str] | None = None
-    _out_indices: list[int] | None = None
+    # The classic `__init__(..., **kwargs)` style (not a `@strict` dataclass) loads on every transformers from 4.57 to
+    # 5.x; `validate_architecture` below does the type and value checks `@strict` would do.
+    def __init__(
+        self,
+        num_channels: int = 3,
+        embed_dims: Sequence[int] = (64, 128, 256, 512),
+        depths: Sequence[int] = (2, 2, 8, 2),
+        num_heads: Sequence[int] = (4, 4, 8, 16),
+        decay_init_values: Sequence[float] = (2.0, 2.0, 2.0, 2.0),
+        decay_head_ranges: Sequence[float] = (4.0, 4.0, 6.0, 6.0),
+        mlp_ratios: Sequence[float] = (3.0, 3.0, 3.0, 3.0),
+        retention_modes: Sequence[str] = ("decomposed", "decomposed", "global", "global"),
+        use_layer_scale: Sequence[bool] = (False, False, False, False),
+        layer_scale_init_value: float = 1e-6,
+        drop_path_rate: float = 0.1,
+        ffn_depthwise_conv: bool = True,
+        decoder_hidden_size: int = 256,
+        decoder_dropout: float = 0.1,
+        initializer_range: float = 0.02,
+        semantic_loss_ignore_index: int = 255,
+        loss_average_over_all_pixels: bool = False,
+        out_features: list[str] | None = None,
+        out_indices: list[int] | None = None,
+        **kwargs,
+    ) -> None:
+        self.num_channels = num_channels
+        self.embed_dims = _as_list(embed_dims)
+        self.depths = _as_list(depths)
+        self.num_heads = _as_list(num_heads)
+        self.decay_init_values = _as_list(decay_init_values)
+        self.decay_head_ranges = _as_list(decay_head_ranges)
+        self.mlp_ratios = _as_list(mlp_ratios)
+        self.retention_modes = _as_list(retention_modes)
+        self.use_layer_scale = _as_list(use_layer_scale)
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.ffn_depthwise_conv = ffn_depthwise_conv
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_dropout = decoder_dropout
+        self.initializer_range = initializer_range
+        self.semantic_loss_ignore_index = semantic_loss_ignore_index
+        self.loss_average_over_all_pixels = loss_average_over_all_pixels
 
-    def __post_init__(self, **kwargs):
+        # Derived from `depths`; a saved config.json holds it too, but it is recomputed, never read back.
+        kwargs.pop("stage_names", None)
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
-        out_features = kwargs.pop("out_features", None)
-        out_indices = kwargs.pop("out_indices", None)
-        if out_features is None and out_indices is None and self._out_features is None and self._out_indices is None:
+        if out_features is None and out_indices is None:
             out_features = self.stage_names[1:]
-        self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
-        super().__post_init__(**kwargs)
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        super().__init__(**kwargs)
+        self.validate_architecture()
         if self._auto_class is not None and getattr(self, "auto_map", None) is None:
             self.auto_map = dict(REMOTE_CODE_AUTO_MAP)
 
@@ -142,9 +220,15 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
     def num_stages(self) -> int:
         return len(self.depths)
 
-    def validate_architecture(self):
-        """Reject hyper-parameters that cannot build a model, naming the offending stage and value."""
-        super().validate_architecture()
+    def validate_architecture(self) -> None:
+        """Reject hyper-parameters that cannot build a model, naming the offending field, stage and value."""
+        for name, expected_type in {**_SCALAR_TYPES, **_PER_STAGE_TYPES}.items():
+            value = getattr(self, name)
+            items = value if name in _PER_STAGE_TYPES else [value]
+            if name in _PER_STAGE_TYPES and not isinstance(value, list):
+                raise TypeError(f"{name} must be a list with one value per stage, got {value!r}.")
+            if not all(_has_type(item, expected_type) for item in items):
+                raise TypeError(f"{name} must hold {expected_type.__name__} values, got {value!r}.")
         per_stage = {
             "embed_dims": self.embed_dims,
             "num_heads": self.num_heads,

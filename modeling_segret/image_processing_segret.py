@@ -6,12 +6,13 @@ Pillow, transformers and (guarded) torch.
 """
 
 import math
+from copy import deepcopy
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from transformers.image_processing_backends import PilBackend
-from transformers.image_processing_utils import BatchFeature
+from transformers.image_processing_utils import BatchFeature, get_size_dict
+from transformers.image_transforms import normalize, rescale
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -27,6 +28,21 @@ if is_torch_available():
     import torch
     import torch.nn.functional as F
 
+# --- Compatibility with transformers 4.57 ... 5.x (this file is Hub remote code): newest location first. -------------
+try:  # transformers >= 5.4: the base class of NumPy / PIL image processors
+    from transformers.image_processing_backends import PilBackend as ImageProcessorBase
+except ImportError:  # transformers 4.57 - 5.3: the classic base class
+    from transformers.image_processing_utils import BaseImageProcessor as ImageProcessorBase
+
+if not hasattr(SizeDict, "__iter__"):  # transformers 4.57 - 5.3: `dict(processor.size)` as on newer versions
+
+    class SizeDict(SizeDict):
+        def __iter__(self):
+            yield from _size_items(self).items()
+
+# The base class only saves, loads and calls `preprocess`: SegRetImageProcessor sets its settings, merges per-call
+# options, validates, resizes, rescales, normalises and pads itself, so it computes the same on every version.
+# ---------------------------------------------------------------------------------------------------------------------
 
 logger = logging.get_logger(__name__)
 
@@ -66,6 +82,12 @@ def scale_keeping_ratio(height: int, width: int, scale: float) -> tuple[int, int
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
+def _size_items(size: SizeDict) -> dict[str, int]:
+    """The keys that are set in a `SizeDict` (whose fields and methods differ between transformers versions)."""
+    names = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+    return {name: getattr(size, name) for name in names if getattr(size, name, None) is not None}
+
+
 def _resize_plane(plane: np.ndarray, output_size: tuple[int, int], resample: PILImageResampling | int) -> np.ndarray:
     """Resizes one (H, W) channel with Pillow, in 8-bit ("L"), 32-bit integer ("I") or 32-bit float ("F") mode."""
     if plane.dtype == np.uint8:
@@ -90,7 +112,7 @@ class SegRetImageProcessorKwargs(ImagesKwargs, total=False):
     do_reduce_labels: bool | None
 
 
-class SegRetImageProcessor(PilBackend):
+class SegRetImageProcessor(ImageProcessorBase):
     r"""
     Image processor for SegRet: converts images to RGB, resizes them (fixed size or MMSegmentation's keep-ratio
     test resize), rescales to [0, 1] and normalises with the ImageNet mean and std, which equals MMSegmentation's
@@ -163,9 +185,32 @@ class SegRetImageProcessor(PilBackend):
     do_pad = False
     pad_size = None
     do_reduce_labels = False
+    model_input_names = ["pixel_values"]
+    # The settings stored by a processor (and in preprocessor_config.json); every call may override them.
+    _settings = (
+        "do_resize",
+        "size",
+        "resample",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        "do_pad",
+        "pad_size",
+        "do_reduce_labels",
+    )
+    # Per-call options besides the settings; the generic ones of `ImagesKwargs` that would change the output are
+    # refused in `_validate_preprocess_kwargs`, the others (e.g. `device`) are accepted and have no effect.
+    _call_options = ("return_tensors", "input_data_format", "data_format", "do_convert_rgb", "do_center_crop")
 
     def __init__(self, **kwargs: Unpack[SegRetImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
+        for name in self._settings:
+            value = kwargs.get(name)
+            setattr(self, name, deepcopy(getattr(type(self), name)) if value is None else value)
+        self.size = self._to_size_dict(self.size, "size")
+        self.pad_size = self._to_size_dict(self.pad_size, "pad_size")
 
     def preprocess(
         self,
@@ -190,12 +235,40 @@ class SegRetImageProcessor(PilBackend):
             [`BatchFeature`] with `pixel_values` (float32, (B, 3, H, W)) and, with segmentation maps, `labels`
             (int64, (B, H, W)).
         """
-        return super().preprocess(images, segmentation_maps, **kwargs)
+        accepted = {*self._settings, *self._call_options, *SegRetImageProcessorKwargs.__annotations__}
+        for name in kwargs:
+            if name not in accepted:
+                raise TypeError(f"SegRetImageProcessor.preprocess() got an unexpected keyword argument {name!r}")
+        for name in (*self._settings, "return_tensors", "input_data_format"):
+            kwargs.setdefault(name, getattr(self, name, None))
+        kwargs["size"] = self._to_size_dict(kwargs["size"], "size")
+        kwargs["pad_size"] = self._to_size_dict(kwargs["pad_size"], "pad_size")
+        self._validate_preprocess_kwargs(**kwargs)
+        return self._preprocess_image_like_inputs(images, segmentation_maps, **kwargs)
+
+    @staticmethod
+    def _to_size_dict(size: int | dict[str, int] | SizeDict | None, name: str) -> SizeDict | None:
+        """`size` / `pad_size` as a `SizeDict`; an int is a square size, as in transformers."""
+        if size is None or isinstance(size, SizeDict):
+            return size
+        return SizeDict(**get_size_dict(size, default_to_square=True, param_name=name))
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        for name in ("size", "pad_size"):
+            if isinstance(output.get(name), SizeDict):
+                output[name] = _size_items(output[name])
+        return output
 
     def _validate_preprocess_kwargs(
         self,
         do_resize: bool | None = None,
         size: SizeDict | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: float | tuple[float, ...] | None = None,
+        image_std: float | tuple[float, ...] | None = None,
         do_pad: bool | None = None,
         pad_size: SizeDict | None = None,
         do_center_crop: bool | None = None,
@@ -215,18 +288,23 @@ class SegRetImageProcessor(PilBackend):
                 "SegRetImageProcessor always converts images to RGB (SegRet takes 3 channels); "
                 "do_convert_rgb=False is not supported."
             )
-        super()._validate_preprocess_kwargs(do_resize=do_resize, size=size, **kwargs)
+        if do_resize and size is None:
+            raise ValueError("`size` must be given when `do_resize=True`.")
+        if do_rescale and rescale_factor is None:
+            raise ValueError("`rescale_factor` must be given when `do_rescale=True`.")
+        if do_normalize and (image_mean is None or image_std is None):
+            raise ValueError("`image_mean` and `image_std` must be given when `do_normalize=True`.")
         if do_resize:
-            size_keys = {key for key, _ in size}
+            size_keys = set(_size_items(size))
             is_fixed_size = size_keys == {"height", "width"}
             is_keep_ratio = bool(size_keys) and size_keys <= {"shortest_edge", "longest_edge"}
             if not (is_fixed_size or is_keep_ratio):
                 raise ValueError(
                     "`size` must be a fixed size {'height': h, 'width': w} or a keep-ratio bound "
-                    f"{{'shortest_edge': s, 'longest_edge': l}} (either key optional), got {dict(size)}."
+                    f"{{'shortest_edge': s, 'longest_edge': l}} (either key optional), got {_size_items(size)}."
                 )
         if do_pad and pad_size is not None and not (pad_size.height and pad_size.width):
-            raise ValueError(f"`pad_size` must be {{'height': h, 'width': w}}, got {dict(pad_size)}.")
+            raise ValueError(f"`pad_size` must be {{'height': h, 'width': w}}, got {_size_items(pad_size)}.")
 
     def _preprocess_image_like_inputs(
         self,
@@ -342,6 +420,37 @@ class SegRetImageProcessor(PilBackend):
         if output_size == (height, width):
             return image
         return np.stack([_resize_plane(plane, output_size, resample) for plane in image])
+
+    def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
+        """Multiplies a channels-first array by `scale` (in float64, returned as float32)."""
+        return rescale(image, scale, data_format=ChannelDimension.FIRST, input_data_format=ChannelDimension.FIRST)
+
+    def normalize(
+        self, image: np.ndarray, mean: float | tuple[float, ...], std: float | tuple[float, ...], **kwargs
+    ) -> np.ndarray:
+        """`(image - mean) / std` per channel of a channels-first array."""
+        return normalize(image, mean, std, data_format=ChannelDimension.FIRST, input_data_format=ChannelDimension.FIRST)
+
+    def pad(
+        self, images: list[np.ndarray], pad_size: SizeDict | None = None, fill_value: float = 0, **kwargs
+    ) -> list[np.ndarray]:
+        """Pads channels-first arrays at the bottom and right to `pad_size`, or else to the largest of them."""
+        if pad_size is not None:
+            target_height, target_width = pad_size.height, pad_size.width
+        else:
+            target_height = max(image.shape[-2] for image in images)
+            target_width = max(image.shape[-1] for image in images)
+        padded_images = []
+        for image in images:
+            height, width = image.shape[-2:]
+            if height > target_height or width > target_width:
+                raise ValueError(
+                    f"Padding dimensions are negative: pad_size=({target_height}, {target_width}) is smaller than "
+                    f"the image size ({height}, {width})."
+                )
+            padding = ((0, 0), (0, target_height - height), (0, target_width - width))
+            padded_images.append(np.pad(image, padding, mode="constant", constant_values=fill_value))
+        return padded_images
 
     def reduce_label(self, label_map: np.ndarray) -> np.ndarray:
         """ADE20K-style label reduction: 0 (unlabelled) -> 255, v -> v - 1, and 255 stays 255."""

@@ -40,7 +40,8 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoModelForSemanticSegmentation
+from transformers.models.auto.image_processing_auto import AutoImageProcessor  # works without torchvision on 5.4-5.17
 
 import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
 from modeling_segret import SEGRET_VARIANTS

@@ -347,8 +347,8 @@ _VALIDATION_SCRIPT = textwrap.dedent(
     import torch
     from huggingface_hub.errors import HFValidationError
     from PIL import Image
-    from transformers import (AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel,
-                              AutoModelForSemanticSegmentation, pipeline)
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation, pipeline
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor  # no torchvision needed on 5.4-5.17
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     folder, reference_path, image_path = sys.argv[1:4]

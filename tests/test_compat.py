@@ -1,0 +1,99 @@
+"""The saved folder is Hub remote code for every transformers a user may have: the oldest supported (4.57), an early
+5.x and the newest, each in a small venv (built once, cached in .cache/compat-venvs/) where the package is blocked.
+
+The full matrix, every minor release, is `python scripts/compat_matrix.py` (README, "Compatibility").
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from compat_matrix import TEST_VERSIONS, ensure_venv, run_probe, save_reference  # noqa: E402
+from conftest import small_config  # noqa: E402
+
+from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor  # noqa: E402
+
+OLDEST = TEST_VERSIONS[0]
+# The checks a user relies on; AutoBackbone from a local folder is the exception (README) and has its own test.
+CORE_CHECKS = ("auto_classes", "image_processor", "pipeline", "no_error_log", "backbone_alternatives")
+
+
+@pytest.fixture(scope="module")
+def reference_folder(tmp_path_factory) -> Path:
+    """A small model + processor saved by this environment, with the inputs and outputs of the saving process."""
+    folder = tmp_path_factory.mktemp("reference") / "segret"
+    save_reference(folder)
+    return folder
+
+
+def _failures(report: dict, names: tuple[str, ...]) -> dict:
+    return {name: report["checks"][name] for name in names if not report["checks"][name]["ok"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", TEST_VERSIONS)
+def test_current_folder_loads_as_remote_code(version, reference_folder, tmp_path):
+    python = ensure_venv(version)
+    site_packages = next(python.parent.parent.glob("lib/python*/site-packages"))
+    assert not list(site_packages.glob("torch*")), "the venv must reuse the system torch"
+
+    report = run_probe(python, "load", reference_folder, tmp_path)
+
+    assert report["transformers"] == version
+    assert not _failures(report, CORE_CHECKS)
+    assert "max logit difference" in report["checks"]["auto_classes"]["detail"]
+    if version.startswith("4."):  # 5.x asks the Hub whether the path is a repo (README, "Compatibility")
+        assert report["checks"]["auto_backbone"]["ok"], report["checks"]["auto_backbone"]
+
+
+@pytest.mark.slow
+def test_folder_saved_by_the_oldest_transformers_loads_here(tmp_path):
+    folder = tmp_path / "saved-by-oldest" / "segret"
+    saved = run_probe(ensure_venv(OLDEST), "save", folder, tmp_path, with_package=True)
+    assert saved["transformers"] == OLDEST
+
+    report = run_probe(sys.executable, "load", folder, tmp_path)
+
+    assert not _failures(report, CORE_CHECKS)
+
+
+def test_pipeline_logs_no_error(tmp_path, caplog):
+    from transformers import pipeline
+
+    folder = tmp_path / "segret"
+    SegRetForSemanticSegmentation(small_config()).save_pretrained(folder)
+    SegRetImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        logging.getLogger("transformers").addHandler(caplog.handler)  # transformers' root logger does not propagate
+        try:
+            segmenter = pipeline("image-segmentation", model=str(folder), trust_remote_code=True)
+            segments = segmenter(Image.new("RGB", (30, 20), (10, 200, 40)))
+        finally:
+            logging.getLogger("transformers").removeHandler(caplog.handler)
+    assert segments and all(segment["mask"].size == (30, 20) for segment in segments)
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert not errors
+
+
+def test_backbone_alternatives_to_auto_backbone_from_a_folder(tmp_path):
+    from transformers import AutoBackbone, AutoConfig
+
+    folder = tmp_path / "segret"
+    model = SegRetForSemanticSegmentation(small_config()).eval()
+    model.save_pretrained(folder)
+    pixel_values = torch.randn(1, 3, 64, 64)
+
+    backbone = SegRetBackbone.from_pretrained(folder).eval()
+    with torch.no_grad():
+        stage_maps = model.segret(pixel_values, output_hidden_states=True).hidden_states
+        feature_maps = backbone(pixel_values).feature_maps
+    for feature_map, index in zip(feature_maps, backbone.out_indices):
+        torch.testing.assert_close(feature_map, stage_maps[index], rtol=0, atol=0)
+
+    from_config = AutoBackbone.from_config(AutoConfig.from_pretrained(folder))
+    assert isinstance(from_config, SegRetBackbone)
