@@ -18,6 +18,7 @@ passed as `--source` needs none.
 
 import argparse
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -101,7 +102,8 @@ def unpack(source: Path, target: Path) -> None:
                 ]
                 safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # no paths outside `scratch`
                 archive.extractall(scratch, members=members, **safe)
-            (root,) = Path(scratch).iterdir()  # sdists and GitHub archives have one top-level folder
+            top_level = list(Path(scratch).iterdir())  # sdists and GitHub archives have one top-level folder
+            root = top_level[0] if len(top_level) == 1 else Path(scratch)
         if not (root / "tests" / "test_modeling_common.py").is_file():
             raise SystemExit(f"{source} has no tests/test_modeling_common.py: not a transformers source tree.")
         staging = Path(scratch) / "staging"
@@ -124,13 +126,15 @@ def unpack(source: Path, target: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
         "--source", type=Path, help="transformers sdist / GitHub archive (.tar.gz) or checkout; default: pip download"
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where unpacked test trees are kept")
     parser.add_argument("--refresh", action="store_true", help="unpack again even if the cache has this version")
     arguments, pytest_arguments = parser.parse_known_args()
+    if importlib.util.find_spec("parameterized") is None:
+        raise SystemExit('transformers\' test mixins import `parameterized`: pip install -e ".[conformance]"')
 
     version = installed_transformers_version()
     target = arguments.cache_dir.resolve() / version
