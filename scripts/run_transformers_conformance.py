@@ -154,7 +154,8 @@ def main() -> int:
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(REPOSITORY), str(target), *filter(None, [environment.get("PYTHONPATH")])]
     )
-    command = [sys.executable, "-m", "pytest", str(TESTERS), "-p", "no:cacheprovider", *pytest_arguments]
+    command = [sys.executable, "-m", "pytest", str(TESTERS), "-p", "no:cacheprovider"]
+    command += ["-W", "ignore::pytest.PytestUnknownMarkWarning", *pytest_arguments]  # transformers' own markers
     print("$", " ".join(command), flush=True)
     return subprocess.run(command, cwd=REPOSITORY, env=environment).returncode
 
