@@ -149,8 +149,9 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
         loss_average_over_all_pixels (`bool`): Divide the summed cross-entropy by all label pixels, ignored ones
             included (MMSegmentation's default `avg_non_ignore=False`, used by the paper), instead of by the
             labelled pixels only (PyTorch's default).
-        out_features / out_indices: Stages returned by [`SegRetBackbone`] (default: the four stage maps), among
-            `stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]`.
+        out_features / out_indices: Stages returned by [`SegRetBackbone`], among `stage_names = ["stem", "stage1",
+            "stage2", "stage3", "stage4"]`. Default: the last stage, as for every transformers backbone; pass
+            `out_features=["stage1", "stage2", "stage3", "stage4"]` for the four maps a UperNet-style head takes.
 
     Example:
     ```python
@@ -208,8 +209,6 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
         # Derived from `depths`; a saved config.json holds it too, but it is recomputed, never read back.
         kwargs.pop("stage_names", None)
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
-        if out_features is None and out_indices is None:
-            out_features = self.stage_names[1:]
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         super().__init__(**kwargs)
         self.validate_architecture()
@@ -271,10 +270,18 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
 
 
 def segret_variant_config(variant: str, **kwargs) -> SegRetConfig:
-    """The config of a paper variant ("tiny", "small", "base", "large"); `kwargs` override or add fields."""
+    """The config of a paper variant ("tiny", "small", "base", "large"); `kwargs` override or add fields.
+
+    Unless `kwargs` choose other stages, its backbone outputs are the four stage maps the decoder reads (as in
+    configuration/segret-*/config.json), so `AutoBackbone` on a SegRet checkpoint is ready for a multi-scale head;
+    a bare `SegRetConfig()` follows the transformers convention of the last stage only.
+    """
     if variant not in SEGRET_VARIANTS:
         raise ValueError(f"Unknown SegRet variant {variant!r}; expected one of {sorted(SEGRET_VARIANTS)}.")
-    return SegRetConfig(**{**SEGRET_VARIANTS[variant], **kwargs})
+    values = {**SEGRET_VARIANTS[variant], **kwargs}
+    if "out_features" not in values and "out_indices" not in values:
+        values["out_features"] = [f"stage{index}" for index in range(1, len(values["depths"]) + 1)]
+    return SegRetConfig(**values)
 
 
 __all__ = ["SegRetConfig", "segret_variant_config", "SEGRET_VARIANTS"]

@@ -167,6 +167,11 @@ class SegRetImageProcessor(ImageProcessorBase):
       integer or float dtypes (and PIL "F") are used as they are, on the 0..255 scale: pass `do_rescale=False` for
       images already in [0, 1].
 
+    With `do_convert_rgb=False` images keep their own channels instead (for models with `num_channels != 3`, e.g.
+    RGB + near-infrared): arrays and tensors as given, PIL images with their bands as stored ("RGBA" has 4,
+    "L" 1; palette images still go through RGB). `image_mean` and `image_std` then need one value per channel,
+    and every image is checked against them with an error naming the image.
+
     Segmentation maps are class-index maps: PIL "L", "P" (the palette indices, never the colours), "I", "I;16", "1"
     or "F", or arrays / tensors with integer, bool or integer-valued float dtype, of shape (H, W) (inside a list or a
     batch also (1, H, W) or (H, W, 1); a 3-D array on its own is a batch (B, H, W)). Each must have the same height
@@ -283,11 +288,6 @@ class SegRetImageProcessor(ImageProcessorBase):
             raise ValueError(
                 f"SegRetImageProcessor returns channels-first pixel values, got data_format={data_format}."
             )
-        if do_convert_rgb is False:
-            raise ValueError(
-                "SegRetImageProcessor always converts images to RGB (SegRet takes 3 channels); "
-                "do_convert_rgb=False is not supported."
-            )
         if do_resize and size is None:
             raise ValueError("`size` must be given when `do_resize=True`.")
         if do_rescale and rescale_factor is None:
@@ -324,16 +324,20 @@ class SegRetImageProcessor(ImageProcessorBase):
         do_reduce_labels: bool,
         input_data_format: str | ChannelDimension | None,
         return_tensors: str | TensorType | None,
+        do_convert_rgb: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         # `kwargs` holds the remaining generic `ImagesKwargs` (e.g. `device`, `disable_grouping`), which only matter
         # for the torchvision backend; those that would change the output were rejected by the validation above.
         if input_data_format is not None:
             input_data_format = ChannelDimension(input_data_format)
+        convert_rgb = do_convert_rgb is not False
         image_arrays = [
-            self._to_rgb_array(image, index, input_data_format)
+            self._to_rgb_array(image, index, input_data_format, convert_rgb=convert_rgb)
             for index, image in enumerate(self._split_batch(images, "images", single_ndims=(2, 3), batch_ndims=(4,)))
         ]
+        if do_normalize:
+            self._check_normalization_channels(image_arrays, image_mean, image_std, convert_rgb)
         if do_rescale and any(
             image.dtype.kind == "f" and 0 <= image.min() and image.max() <= 1 for image in image_arrays
         ):
@@ -531,8 +535,11 @@ class SegRetImageProcessor(ImageProcessorBase):
             f"{description} is a {type(item).__name__}; expected a PIL image, a NumPy array or a torch tensor."
         )
 
-    def _to_rgb_array(self, image: Any, index: int, input_data_format: ChannelDimension | None) -> np.ndarray:
-        """Converts one image to a (3, H, W) `uint8` or float32 (0..255 scale) array, by the class docstring's rules."""
+    def _to_rgb_array(
+        self, image: Any, index: int, input_data_format: ChannelDimension | None, convert_rgb: bool = True
+    ) -> np.ndarray:
+        """Converts one image to a (3, H, W) `uint8` or float32 (0..255 scale) array, by the class docstring's rules.
+        With `convert_rgb=False` (`do_convert_rgb=False`) the image keeps its own channels: (C, H, W)."""
         description = f"Image {index}"
         if isinstance(image, Image.Image):
             if image.width == 0 or image.height == 0:
@@ -541,6 +548,8 @@ class SegRetImageProcessor(ImageProcessorBase):
                 image_array = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
             elif image.mode == "F":
                 image_array = np.asarray(image, dtype=np.float32)
+            elif not convert_rgb and image.mode not in ("P", "PA"):
+                image_array = np.asarray(image)  # the bands as stored (palette images still go through RGB)
             else:
                 try:
                     image_array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
@@ -574,8 +583,9 @@ class SegRetImageProcessor(ImageProcessorBase):
             image_array = np.moveaxis(image_array, channel_axis, 0)
 
         num_channels = image_array.shape[0]
-        # 1 channel: gray; 2: gray + alpha; 3: RGB; 4: RGBA. Alpha is dropped.
-        image_array = np.repeat(image_array[:1], 3, axis=0) if num_channels <= 2 else image_array[:3]
+        if convert_rgb:
+            # 1 channel: gray; 2: gray + alpha; 3: RGB; 4: RGBA. Alpha is dropped.
+            image_array = np.repeat(image_array[:1], 3, axis=0) if num_channels <= 2 else image_array[:3]
 
         if image_array.dtype == np.uint8:
             return np.ascontiguousarray(image_array)
@@ -587,6 +597,32 @@ class SegRetImageProcessor(ImageProcessorBase):
         if np.issubdtype(image_array.dtype, np.integer) or np.issubdtype(image_array.dtype, np.floating):
             return image_array.astype(np.float32)
         raise TypeError(f"{description} has unsupported dtype {image_array.dtype}.")
+
+    @staticmethod
+    def _check_normalization_channels(
+        image_arrays: list[np.ndarray],
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
+        convert_rgb: bool,
+    ) -> None:
+        """Every (C, H, W) image needs one `image_mean` and one `image_std` value per channel (or a single number)."""
+        for index, image in enumerate(image_arrays):
+            num_channels = image.shape[0]
+            for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+                if isinstance(values, (int, float)) or len(values) == num_channels:
+                    continue
+                if convert_rgb:
+                    channels = f"{num_channels} channels after conversion to RGB"
+                    hint = (
+                        ", or do_convert_rgb=False to keep an image's own channels (e.g. RGBA, or RGB + near-infrared "
+                        "for a num_channels=4 model)"
+                    )
+                else:
+                    channels, hint = f"{num_channels} channels (do_convert_rgb=False keeps them as given)", ""
+                raise ValueError(
+                    f"Image {index} has {channels} but {name} has {len(values)} values {list(values)}: pass one "
+                    f"value per channel{hint}."
+                )
 
     @staticmethod
     def _infer_channel_axis(

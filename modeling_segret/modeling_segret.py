@@ -424,7 +424,11 @@ class SegRetEncoder(nn.Module):
             raise ValueError(f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}.")
 
         hidden_states = self.embeddings(pixel_values)
-        feature_maps = [hidden_states.permute(0, 3, 1, 2)]
+        # The stem map is returned channels-first and the first stage reads it back through the inverse permute (two
+        # views, no copy), so the returned tensor itself is on the compute path and receives gradients.
+        stem_map = hidden_states.permute(0, 3, 1, 2)
+        hidden_states = stem_map.permute(0, 2, 3, 1)
+        feature_maps = [stem_map]
         for stage, output_norm in zip(self.stages, self.output_norms):
             hidden_states = stage(hidden_states)
             feature_maps.append(output_norm(hidden_states).permute(0, 3, 1, 2))

@@ -445,7 +445,6 @@ def test_bad_segmentation_maps_raise(processor, segmentation_maps, message):
         ({"do_pad": True, "pad_size": {"height": 2, "width": 2}}, ValueError, r"Padding dimensions are negative"),
         ({"do_center_crop": True}, ValueError, r"does not center-crop"),
         ({"data_format": "channels_last"}, ValueError, r"returns channels-first pixel values"),
-        ({"do_convert_rgb": False}, ValueError, r"do_convert_rgb=False is not supported"),
         ({"do_reduce_label": True}, TypeError, r"unexpected keyword argument 'do_reduce_label'"),  # typo of a setting
     ],
 )

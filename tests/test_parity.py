@@ -28,6 +28,7 @@ def reference_config() -> SegRetConfig:
         use_layer_scale=official["layerscales"],
         layer_scale_init_value=official["layer_init_values"],
         drop_path_rate=official["drop_path_rate"],
+        out_features=["stage1", "stage2", "stage3", "stage4"],  # the four maps the official code returns
     )
 
 
