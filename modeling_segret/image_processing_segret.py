@@ -190,6 +190,7 @@ class SegRetImageProcessor(ImageProcessorBase):
     do_pad = False
     pad_size = None
     do_reduce_labels = False
+    do_convert_rgb = True
     model_input_names = ["pixel_values"]
     # The settings stored by a processor (and in preprocessor_config.json); every call may override them.
     _settings = (
@@ -204,10 +205,11 @@ class SegRetImageProcessor(ImageProcessorBase):
         "do_pad",
         "pad_size",
         "do_reduce_labels",
+        "do_convert_rgb",
     )
     # Per-call options besides the settings; the generic ones of `ImagesKwargs` that would change the output are
     # refused in `_validate_preprocess_kwargs`, the others (e.g. `device`) are accepted and have no effect.
-    _call_options = ("return_tensors", "input_data_format", "data_format", "do_convert_rgb", "do_center_crop")
+    _call_options = ("return_tensors", "input_data_format", "data_format", "do_center_crop")
 
     def __init__(self, **kwargs: Unpack[SegRetImageProcessorKwargs]) -> None:
         super().__init__(**kwargs)
