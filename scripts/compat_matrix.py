@@ -248,6 +248,8 @@ def main() -> None:
         reports = {}
         for path in args.table:
             reports.update(json.loads(path.read_text()))
+        for version in MATRIX_VERSIONS:
+            reports.setdefault(version, {"error": "no saved result"})
         print(markdown_table(dict(sorted(reports.items(), key=lambda item: MATRIX_VERSIONS.index(item[0])))))
         return
 
