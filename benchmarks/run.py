@@ -489,7 +489,7 @@ def part_highres(args, matmul) -> list[Row]:
         Contender("SegFormer-B1", inference(segformer_b1().eval(), pixel_values)),
     ]
     group = f"inference {height}×{width}, batch 1"
-    rounds = args.rounds if args.quick else max(3, args.rounds // 3)
+    rounds = args.rounds if args.quick else max(2, args.rounds // 3)
     rows = timed_rows(group, contenders, "SegFormer-B1", rounds, 1, args.device, matmul)
     rows[0].target, rows[0].met = "≤ 1.0", rows[0].ratio <= 1.0
     return rows
