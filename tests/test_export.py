@@ -171,11 +171,13 @@ def test_command_exports_a_program_and_rejects_it_once_tampered(saved_model, tmp
     assert "OK:" in capsys.readouterr().out
 
     program = torch.export.load(output)
-    name = next(name for name in program.state_dict if name.endswith("retention.q_proj.weight"))
+    name = next(name for name in program.state_dict if name.endswith("decode_head.classifier.weight"))
     with torch.no_grad():
         program.state_dict[name].mul_(1.01)
     tampered = tmp_path / "tampered.pt2"
     torch.export.save(program, tampered)
+    reloaded_weight = torch.export.load(tampered).state_dict[name]
+    assert not torch.equal(reloaded_weight, torch.export.load(output).state_dict[name])  # the change was written
     assert export_command.main(command(saved_model, "exported-program", tampered, "--verify-only")) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "| NO |" in out
