@@ -11,7 +11,9 @@ CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, u
   backbone  RMT-T backbone vs the same weights in the official formulation (backbone-heap: threshold raised)
   variants  SegRet-Small/Base/Large vs their official formulation
   levers    SegRet-Tiny with one speed lever undone at a time
-  compile   SegRet-Tiny eager vs `torch.compile`
+  compile   SegRet-Tiny eager vs `torch.compile` (inductor): inference, and a training step at batch 2
+  onnx      onnxruntime (CPU) vs eager PyTorch, SegRet-Tiny and SegFormer-B1 (needs the `export` extra)
+  highres   SegRet-Tiny vs SegFormer-B1 at 1024×2048 (Tiny's quadratic global stage 3 at 8192 tokens)
   train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
   memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
 GPU parts (`--device cuda`, bfloat16, batch 16): throughput of the four variants and SegFormer-B1, the backbone vs
@@ -48,11 +50,10 @@ sys.path.insert(0, str(REPOSITORY))
 import transformers  # noqa: E402
 from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
 
-import modeling_segret.modeling_segret as segret_modeling  # noqa: E402
 from benchmarks.official_rmt import OfficialRMTBackbone, OfficialSegRet  # noqa: E402
 from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config  # noqa: E402
 
-CPU_PARTS = ("model", "backbone", "variants", "levers", "compile", "train", "memory")
+CPU_PARTS = ("model", "backbone", "variants", "levers", "compile", "onnx", "highres", "train", "memory")
 GPU_PARTS = ("throughput", "backbone", "train")
 VARIANTS = ("tiny", "small", "base", "large")
 NUM_LABELS = 150
@@ -314,26 +315,33 @@ def part_variants(args, matmul) -> list[Row]:
 
 
 def undo_three_dimensional_masks(model) -> None:
-    """(N, q, k) attention masks: `scaled_dot_product_attention` then takes its unfused CPU path."""
+    """(N, q, k) attention masks in the decomposed stages: `scaled_dot_product_attention` then takes its unfused CPU
+    path. (The global stages' mask differs per query row, which a 3-D mask cannot express.)"""
     for stage in model.segret.encoder.stages:
         position = stage.relative_position
+        if position.mode != "decomposed":
+            continue
 
-        def compute_tables(*args, position=position):
-            tables = type(position).compute_tables(position, *args)
+        def tables(*args, position=position):
+            tables = type(position).forward(position, *args)
             return tables._replace(decay_masks=tuple(mask[0] for mask in tables.decay_masks))
 
-        position.compute_tables = compute_tables
+        position.forward = tables
 
 
-def undo_table_cache(model) -> None:
-    for stage in model.segret.encoder.stages:
-        stage.relative_position.max_cached_sizes = 0
+def undo_complex_rotation(model) -> None:
+    """The rotary encoding in real arithmetic (the compile/export form) in eager mode too."""
+    forward = model.forward
 
+    def real_rotation_forward(*args, **kwargs):
+        is_exporting = torch.compiler.is_exporting
+        torch.compiler.is_exporting = lambda: True
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            torch.compiler.is_exporting = is_exporting
 
-def undo_dense_global_mask(model) -> None:
-    """Global retention through the per-image-row mask views that large inputs use."""
-    for stage in model.segret.encoder.stages:
-        stage.relative_position.max_dense_mask_elements = 0
+    model.forward = real_rotation_forward
 
 
 def undo_decoder_folding(model) -> None:
@@ -354,23 +362,20 @@ def undo_channels_last_stem(model) -> None:
 
 LEVERS = {
     "3-D attention masks (unfused SDPA path)": undo_three_dimensional_masks,
-    "position tables recomputed per call": undo_table_cache,
-    "global retention per image row (the large-map path)": undo_dense_global_mask,
+    "complex rotation (real arithmetic in eager)": undo_complex_rotation,
     "decoder unfolded": undo_decoder_folding,
     "channels-first stem": undo_channels_last_stem,
 }
 
 
 def part_levers(args, matmul) -> list[Row]:
-    """SegRet-Tiny with one lever undone at a time, each on its own copy of the model (own table caches)."""
+    """SegRet-Tiny with one lever undone at a time, each on its own copy of the model."""
     pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
     model = segret("tiny").eval()
     randomize_decoder_residuals(model)
     contenders = [Contender("SegRet-Tiny (all levers)", inference(model, pixel_values))]
     for name, undo in LEVERS.items():
         variant = copy.deepcopy(model)
-        for stage in variant.segret.encoder.stages:
-            stage.relative_position._cached_tables.clear()
         undo(variant)
         contenders.append(Contender(f"undone: {name}", inference(variant, pixel_values)))
 
@@ -384,21 +389,110 @@ def part_levers(args, matmul) -> list[Row]:
 
 
 def part_compile(args, matmul) -> list[Row]:
+    """SegRet-Tiny eager vs `torch.compile` (inductor, default mode): inference at batch 1, a training step at 2."""
     pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
     model = segret("tiny").eval()
+    randomize_decoder_residuals(model)
     compiled = torch.compile(model)
     start = time.perf_counter()
     with torch.inference_mode():
-        compiled(pixel_values)
+        difference = relative_difference(compiled(pixel_values).logits, model(pixel_values).logits)
     compile_seconds = time.perf_counter() - start
     contenders = [
         Contender("SegRet-Tiny eager", inference(model, pixel_values)),
         Contender(
-            "SegRet-Tiny torch.compile", inference(compiled, pixel_values), note=f"compiled in {compile_seconds:.0f} s"
+            "SegRet-Tiny torch.compile",
+            inference(compiled, pixel_values),
+            note=f"compiled in {compile_seconds:.0f} s; logits vs eager: {difference:.1e} relative",
         ),
     ]
-    group = f"torch.compile, {args.image_size}², batch 1"
-    return timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+    group = f"torch.compile inference, {args.image_size}², batch 1"
+    rows = timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+    rows[1].extra["speed-up"] = 1 / rows[1].ratio
+    rows[1].target, rows[1].met = "≥ 1.3× faster", 1 / rows[1].ratio >= 1.3
+
+    batch_size = 2
+    train_pixels = torch.randn(batch_size, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, NUM_LABELS, (batch_size, args.image_size, args.image_size))
+    train_model = segret("tiny").train()
+    compiled_train = torch.compile(copy.deepcopy(train_model))
+    start = time.perf_counter()
+    training_step(compiled_train, train_pixels, labels)()
+    compile_seconds = time.perf_counter() - start
+    contenders = [
+        Contender("SegRet-Tiny eager", training_step(train_model, train_pixels, labels)),
+        Contender(
+            "SegRet-Tiny torch.compile",
+            training_step(compiled_train, train_pixels, labels),
+            note=f"compiled in {compile_seconds:.0f} s",
+        ),
+    ]
+    group = f"torch.compile training step, {args.image_size}², batch {batch_size}"
+    train_rows = timed_rows(group, contenders, contenders[0].name, max(2, args.rounds // 2), 1, args.device, matmul)
+    train_rows[1].extra["speed-up"] = 1 / train_rows[1].ratio
+    return rows + train_rows
+
+
+def onnx_session(model: torch.nn.Module, pixel_values: torch.Tensor, path: Path, threads: int):
+    """Exports `model` (logits only) with the dynamo ONNX exporter and opens it in onnxruntime on the CPU."""
+    import onnxruntime
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            return self.inner(pixel_values).logits
+
+    with torch.no_grad():
+        torch.onnx.export(Logits(model).eval(), (pixel_values,), dynamo=True).save(str(path))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = {session.get_inputs()[0].name: pixel_values.numpy()}
+    return lambda: session.run(None, inputs)[0]
+
+
+def part_onnx(args, matmul) -> list[Row]:
+    """onnxruntime (CPU, default graph optimisations) vs eager PyTorch, for SegRet-Tiny and SegFormer-B1."""
+    import tempfile
+
+    pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
+    segret_model = segret("tiny").eval()
+    randomize_decoder_residuals(segret_model)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, model in [("SegRet-Tiny", segret_model), ("SegFormer-B1", segformer_b1().eval())]:
+            run_onnx = onnx_session(model, pixel_values, Path(folder) / f"{name}.onnx", args.threads)
+            with torch.inference_mode():
+                expected = model(pixel_values).logits
+            difference = (torch.from_numpy(run_onnx()) - expected).abs().max().item()
+            contenders = [
+                Contender(f"{name} eager PyTorch", inference(model, pixel_values)),
+                Contender(f"{name} onnxruntime", run_onnx, note=f"max abs difference to eager {difference:.1e}"),
+            ]
+            group = f"onnxruntime vs eager, {args.image_size}², batch 1"
+            rows += timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+    return rows
+
+
+def part_highres(args, matmul) -> list[Row]:
+    """SegRet-Tiny vs SegFormer-B1 at the Cityscapes test size, 1024×2048, batch 1 (Tiny's global stage 3 attends
+    over 8192 tokens)."""
+    height, width = (128, 256) if args.quick else (1024, 2048)
+    pixel_values = torch.randn(1, 3, height, width)
+    model = segret("tiny").eval()
+    randomize_decoder_residuals(model)
+    contenders = [
+        Contender("SegRet-Tiny", inference(model, pixel_values)),
+        Contender("SegFormer-B1", inference(segformer_b1().eval(), pixel_values)),
+    ]
+    group = f"inference {height}×{width}, batch 1"
+    rounds = args.rounds if args.quick else max(2, args.rounds // 3)
+    rows = timed_rows(group, contenders, "SegFormer-B1", rounds, 1, args.device, matmul)
+    rows[0].target, rows[0].met = "≤ 1.0", rows[0].ratio <= 1.0
+    return rows
 
 
 def training_step(model, pixel_values, labels, autocast_dtype=None) -> Callable[[], object]:
@@ -442,7 +536,6 @@ def part_train(args, matmul) -> list[Row]:
 MEMORY_MODELS = {
     "SegRet-Tiny": lambda: segret("tiny"),
     "SegFormer-B1": segformer_b1,
-    "SegRet-Tiny, dense global mask": lambda: segret("tiny"),
 }
 
 
@@ -458,8 +551,6 @@ def memory_child(name: str, height: int, width: int) -> None:
     """Runs in a fresh process: one whole-image forward; prints resident memory (GiB) and time as JSON."""
     torch.manual_seed(0)
     model = MEMORY_MODELS[name]().eval()
-    if name.endswith("dense global mask"):
-        segret_modeling.SegRetRelativePosition.max_dense_mask_elements = float("inf")
     pixel_values = torch.randn(1, 3, height, width)
     before, _ = resident_memory_gib()
     start = time.perf_counter()
@@ -610,6 +701,8 @@ SUITES = {
         "variants": (part_variants, {}),
         "levers": (part_levers, {}),
         "compile": (part_compile, {}),
+        "onnx": (part_onnx, {}),
+        "highres": (part_highres, {}),
         "train": (part_train, {}),
         "memory": (part_memory, {}),
     },

@@ -7,7 +7,6 @@ Meet Vision Transformers" (https://arxiv.org/abs/2309.11523). Inside the backbon
 """
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -126,26 +125,35 @@ class SegRetEmbeddings(nn.Module):
 def apply_rotary_position(hidden_states: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """RMT's rotation `x * cos + rot(x) * sin`, rot mapping each channel pair (x_2i, x_2i+1) to (-x_2i+1, x_2i).
 
-    Both channels of a pair share one angle, so this is the complex product (x_2i + i x_2i+1) * exp(i angle): one
-    kernel instead of five (and two in the backward pass instead of seven). `rotation` is complex64 (complex128
-    for float64 models); half-precision inputs are rotated in float32 and rounded back.
+    `rotation` holds (cos, sin) of each channel pair's angle in its last dimension, in float32 (float64 for float64
+    models); half-precision inputs are rotated in float32 and rounded back. Both channels of a pair share one
+    angle, so in eager mode the rotation is the complex product (x_2i + i x_2i+1) * exp(i angle): one kernel
+    instead of five (and two in the backward pass instead of seven). Compilers and exporters (inductor, ONNX) have
+    no complex operators, so under `torch.compile` and `torch.export` the same product is written out in real
+    arithmetic; the two forms differ by float rounding only.
     """
-    pairs = torch.view_as_complex(hidden_states.to(rotation.real.dtype).unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rotation).flatten(-2).to(hidden_states.dtype)
+    pairs = hidden_states.to(rotation.dtype).unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        even, odd = pairs.unbind(-1)
+        cos, sin = rotation.unbind(-1)
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    else:
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotation))
+    return rotated.flatten(-2).to(hidden_states.dtype)
 
 
 class SegRetPositionTables(NamedTuple):
-    """Everything the retention blocks of one stage need about token positions, for one input size.
+    """Everything the retention blocks of one stage need about token positions, for one input shape.
 
-    `decay_masks` are additive attention masks, each 4-D (1, num_heads, queries, keys) so that
-    `scaled_dot_product_attention` takes its fused kernels (a 3-D mask sends the CPU to the unfused path):
+    `decay_masks` are additive attention masks, each 4-D so that `scaled_dot_product_attention` takes its fused
+    kernels (a 3-D mask sends the CPU to the unfused path):
     - "decomposed": the masks along columns (1, N, H, H) and along rows (1, N, W, W);
-    - "global": one mask per block of queries, (1, N, queries in the block, H*W), in raster order. Small maps have
-      one block, the whole (1, N, H*W, H*W) mask; large maps have one block per image row, each a view into a
-      table of size N*W*(2H-1)*W, so the quadratic mask is never materialised (see `SegRetRelativePosition`).
+    - "global": one mask (H, B*N, W, H*W): the queries of one image row (rows in reverse order) against all keys
+      in raster order. It is a strided view into a table of size B*N*W*(2H-1)*W, so the quadratic (N, H*W, H*W)
+      mask is never materialised (see `SegRetRelativePosition`).
     """
 
-    rotation: torch.Tensor  # (H, W, 1, head_dim / 2), complex: exp(i * angle) of each token and channel pair
+    rotation: torch.Tensor  # (H, W, 1, head_dim / 2, 2): cos and sin of each token's angle per channel pair
     decay_masks: tuple[torch.Tensor, ...]
 
 
@@ -158,15 +166,10 @@ class SegRetRelativePosition(nn.Module):
     code (and its checkpoints) did; products are formed in float64 for float64 models and in float32 otherwise,
     then cast to the compute dtype, so bfloat16 models do not lose the angles' precision.
 
-    The tables depend only on (height, width, dtype, device); the last `max_cached_sizes` of them are kept in a
-    plain attribute (not a buffer: nothing is saved, and modules built on the meta device start empty). They are
-    built outside inference mode and autograd, so tables first made under `torch.inference_mode` also serve
-    training. Under `torch.compile` they are computed inside the graph instead.
+    The tables are computed at every stage call (once for all the stage's blocks) from the input's shape alone,
+    with no size-dependent branch or cache, so `torch.export` and `torch.compile` see one graph for every input
+    size; they are small (linear in the number of tokens), so this costs about 1% of a forward pass.
     """
-
-    max_cached_sizes = 8
-    # Above this many elements (64 MiB in float32) the global mask is split into per-row views of a small table.
-    max_dense_mask_elements = 2**24
 
     def __init__(self, head_dim: int, num_heads: int, init_value: float, head_range: float, mode: str) -> None:
         super().__init__()
@@ -175,7 +178,6 @@ class SegRetRelativePosition(nn.Module):
         self.init_value = init_value
         self.head_range = head_range
         self.mode = mode
-        self._cached_tables: OrderedDict[tuple, SegRetPositionTables] = OrderedDict()
 
     def base_tables(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The official `angle` (head_dim,) and `decay` (num_heads,) tables, in float32."""
@@ -185,51 +187,39 @@ class SegRetRelativePosition(nn.Module):
         decay = torch.log(1 - 2 ** (-self.init_value - self.head_range * head_index / self.num_heads))
         return angle, decay
 
-    def forward(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> SegRetPositionTables:
-        if torch.compiler.is_compiling():
-            return self.compute_tables(height, width, dtype, device)
-        key = (height, width, dtype, device)
-        tables = self._cached_tables.get(key)
-        if tables is None:
-            with torch.inference_mode(False), torch.no_grad():
-                tables = self.compute_tables(height, width, dtype, device)
-            self._cached_tables[key] = tables
-            if len(self._cached_tables) > self.max_cached_sizes:
-                self._cached_tables.popitem(last=False)
-        else:
-            self._cached_tables.move_to_end(key)
-        return tables
-
-    def compute_tables(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> SegRetPositionTables:
+    def forward(
+        self, batch_size: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> SegRetPositionTables:
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         angle, decay = (table.to(table_dtype) for table in self.base_tables(device))
 
         raster_index = torch.arange(height * width, dtype=table_dtype, device=device)
         phase = raster_index[:, None] * angle[None, 0::2]  # both channels of a pair share an angle
-        rotation = torch.polar(torch.ones_like(phase), phase).reshape(height, width, 1, self.head_dim // 2)
+        rotation = torch.stack((phase.cos(), phase.sin()), dim=-1).reshape(height, width, 1, self.head_dim // 2, 2)
         decay = decay[:, None, None]
 
         if self.mode == "decomposed":
             decay_masks = tuple(
                 (self._distance_1d(length, table_dtype, device) * decay).to(dtype)[None] for length in (height, width)
             )  # (1, N, H, H) and (1, N, W, W)
-        elif self.num_heads * (height * width) ** 2 <= self.max_dense_mask_elements:
-            rows = torch.arange(height, dtype=table_dtype, device=device).repeat_interleave(width)
-            cols = torch.arange(width, dtype=table_dtype, device=device).repeat(height)
-            distance = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
-            decay_masks = ((distance * decay).to(dtype)[None],)  # (1, N, H*W, H*W)
         else:
-            # The mask is block-Toeplitz in the row offset: between query (r, c) and key (r', c') it only depends on
-            # r' - r and (c, c'). table[n, c, j, c'] holds the decay at row offset j - (H - 1), so the mask of
-            # query row r is the contiguous slice j = H-1-r ... 2H-2-r, a view with the same values as the full mask.
-            row_offset = self._distance_1d(2 * height - 1, table_dtype, device)[height - 1]  # |j - (H - 1)|
+            # Between query (r, c) and key (r', c') the mask only depends on |r - r'| and (c, c'): table[.., c, j, c']
+            # holds it for |r - r'| = |j - (H - 1)|. Query row r = H - 1 - s needs j = s + r' (r' = 0 ... H-1): the
+            # window of H rows of j starting at s. One strided view holds all H windows, and in it the keys (r', c')
+            # form one raster-order dimension (stride 1). The table is repeated per image, since the attention's
+            # batch entries (rows) and heads (images x heads) must each be one strided dimension.
+            row_offset = (torch.arange(2 * height - 1, dtype=table_dtype, device=device) - (height - 1)).abs()
             column_distance = self._distance_1d(width, table_dtype, device)
-            distance = row_offset[None, :, None] + column_distance[:, None, :]  # (W, 2H-1, W)
+            distance = column_distance[:, None, :] + row_offset[None, :, None]  # (W, 2H-1, W)
             table = (distance * decay[..., None]).to(dtype)  # (N, W, 2H-1, W)
-            decay_masks = tuple(
-                table[:, :, height - 1 - row : 2 * height - 1 - row].reshape(1, self.num_heads, width, -1)
-                for row in range(height)
-            )  # H masks (1, N, W, H*W)
+            table = table.expand(batch_size, -1, -1, -1, -1).contiguous()  # (B, N, W, 2H-1, W)
+            row_stride = (2 * height - 1) * width
+            decay_masks = (
+                table.as_strided(
+                    (height, batch_size * self.num_heads, width, height * width),
+                    (width, width * row_stride, row_stride, 1),
+                ),
+            )  # (H, B*N, W, H*W)
         return SegRetPositionTables(rotation, decay_masks)
 
     @staticmethod
@@ -246,9 +236,9 @@ class SegRetRetention(nn.Module):
 
     "global" attends over all tokens with the 2-D Manhattan decay; "decomposed" attends along each row, then along
     each column of the row result, with 1-D decays. A depth-wise 5×5 convolution of the values (LePE) is added to
-    the output. Both modes run through `scaled_dot_product_attention` on 4-D views of the projections (the fused
-    CPU/GPU kernels, no copies for batch size 1). RMT scales the keys before rotating them; since the rotation is
-    linear, the scale is passed to the attention call instead.
+    the output. Both modes run through one `scaled_dot_product_attention` call on 4-D tensors (the fused CPU/GPU
+    kernels), whatever the batch size and image size. RMT scales the keys before rotating them; since the rotation
+    is linear, the scale is passed to the attention call instead.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mode: str) -> None:
@@ -277,18 +267,17 @@ class SegRetRetention(nn.Module):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scaling)
 
         if self.mode == "global":
+            # Attention batch entries are the image rows (in reverse order, as the mask's windows), attention heads
+            # are (image, head) pairs; every row attends to the same keys, an expanded view of one copy.
+            def to_heads(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (1, B*N, H*W, d)
+                states = states.permute(0, 3, 1, 2, 4).reshape(1, batch_size * self.num_heads, -1, self.head_dim)
+                return states.expand(height, -1, -1, -1)
 
-            def to_sequence(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B, N, H*W, d), a view
-                return states.reshape(batch_size, height * width, self.num_heads, self.head_dim).transpose(1, 2)
-
-            query, key, value = to_sequence(query), to_sequence(key), to_sequence(value)
-            block_size = positions.decay_masks[0].shape[-2]
-            outputs = [
-                attend(query_block, key, value, mask)
-                for query_block, mask in zip(query.split(block_size, dim=2), positions.decay_masks)
-            ]
-            output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
-            output = output.transpose(1, 2).reshape(batch_size, height, width, hidden_size)
+            query_rows = query.flip(1).permute(1, 0, 3, 2, 4).reshape(height, -1, width, self.head_dim)
+            output = attend(query_rows, to_heads(key), to_heads(value), positions.decay_masks[0])  # (H, B*N, W, d)
+            # (H, B*N, W, d) -> (B, H, W, N*d), rows back in order
+            output = output.unflatten(1, (batch_size, self.num_heads)).flip(0).permute(1, 0, 3, 2, 4)
+            output = output.reshape(batch_size, height, width, hidden_size)
         else:
             height_mask, width_mask = positions.decay_masks
 
@@ -386,8 +375,8 @@ class SegRetStage(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        _, height, width, _ = hidden_states.shape
-        positions = self.relative_position(height, width, hidden_states.dtype, hidden_states.device)
+        batch_size, height, width, _ = hidden_states.shape
+        positions = self.relative_position(batch_size, height, width, hidden_states.dtype, hidden_states.device)
         for block in self.blocks:
             hidden_states = block(hidden_states, positions)
         return hidden_states

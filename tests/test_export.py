@@ -1,0 +1,221 @@
+"""Deployment: one exported program for every batch and image size, ONNX under onnxruntime, torch.compile, and the
+export command's verification (including an artefact whose weights were changed after export)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_config
+from test_speed_paths import trained_like
+
+from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetModel
+from modeling_segret import export as export_command
+from modeling_segret.modeling_segret import apply_rotary_position
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+# (batch, height, width): odd, wide, tall, batch 1 to 4; the example traced at export is (2, 96, 128)
+SHAPES = [(1, 97, 131), (4, 64, 64), (3, 48, 200), (1, 224, 160), (2, 96, 128)]
+HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in export_command.ONNX_PACKAGES)
+
+
+def tiny_config(**overrides):
+    """Both retention modes, layer scale and the FFN convolution, one block per stage (fast to export)."""
+    return small_config(depths=[1, 1, 1, 1], **overrides)
+
+
+def flat_outputs(output) -> list[torch.Tensor]:
+    """The tensors of a model output (logits, last_hidden_state, feature_maps, ...) in a fixed order."""
+    leaves, _ = torch.utils._pytree.tree_flatten(output)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_class", [SegRetForSemanticSegmentation, SegRetModel, SegRetBackbone])
+def test_exported_program_with_dynamic_shapes_equals_eager(model_class):
+    """`torch.export` with dynamic batch/height/width gives one program that runs at every size, equal to eager."""
+    model = model_class(tiny_config()).eval()
+    if isinstance(model, SegRetForSemanticSegmentation):
+        trained_like(model)
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(
+        model, (torch.randn(2, 3, 96, 128),), dynamic_shapes={"pixel_values": {0: auto, 2: auto, 3: auto}}
+    )
+    exported = program.module()
+    for batch_size, height, width in SHAPES:
+        pixel_values = torch.randn(batch_size, 3, height, width)
+        with torch.no_grad():
+            expected, actual = flat_outputs(model(pixel_values)), flat_outputs(exported(pixel_values))
+        assert len(actual) == len(expected) > 0
+        for value, reference in zip(actual, expected):
+            torch.testing.assert_close(value, reference, rtol=0, atol=1e-5)
+
+
+def test_real_rotation_equals_the_complex_product(monkeypatch):
+    """The real-arithmetic rotation (compile/export) equals the complex one (eager) to float rounding."""
+    position = SegRetForSemanticSegmentation(tiny_config()).segret.encoder.stages[0].relative_position
+    for dtype, tolerance in [(torch.float32, 1e-6), (torch.float64, 1e-14)]:
+        rotation = position(1, 12, 20, dtype, torch.device("cpu")).rotation
+        states = torch.randn(2, 12, 20, position.num_heads, position.head_dim, dtype=dtype)
+        complex_product = apply_rotary_position(states, rotation)
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        real_arithmetic = apply_rotary_position(states, rotation)
+        monkeypatch.undo()
+        torch.testing.assert_close(real_arithmetic, complex_product, rtol=0, atol=tolerance)
+        # and both are RMT's x * cos + rot(x) * sin
+        angle = torch.atan2(rotation[..., 1], rotation[..., 0]).repeat_interleave(2, dim=-1)
+        rotated_pairs = torch.stack([-states[..., 1::2], states[..., 0::2]], dim=-1).flatten(-2)
+        expected = states * angle.cos() + rotated_pairs * angle.sin()
+        torch.testing.assert_close(complex_product, expected, rtol=0, atol=10 * tolerance)
+
+
+def complex_values_in_compiled_graph(model, pixel_values) -> list[str]:
+    """Names of the nodes of the graph that `torch.compile` captures whose value is complex."""
+    names = []
+
+    def record(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            values = node.meta.get("example_value")
+            values = values if isinstance(values, (tuple, list)) else [values]
+            if any(isinstance(value, torch.Tensor) and value.is_complex() for value in values):
+                names.append(node.name)
+        return graph_module.forward
+
+    with torch.no_grad():
+        torch.compile(model, backend=record, fullgraph=True)(pixel_values)
+    torch._dynamo.reset()
+    return names
+
+
+@pytest.mark.slow
+def test_compiled_model_equals_eager_with_the_real_rotation():
+    """Under torch.compile no value is complex (inductor generates code for the whole graph), and inductor's
+    compiled model equals eager."""
+    model = trained_like(SegRetForSemanticSegmentation(tiny_config())).eval()
+    pixel_values = torch.randn(2, 3, 64, 96)
+    assert complex_values_in_compiled_graph(model, pixel_values) == []
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        actual = compiled(pixel_values).logits
+        expected = model(pixel_values).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("segret")
+    trained_like(SegRetForSemanticSegmentation(tiny_config())).save_pretrained(folder)
+    return folder
+
+
+def command(saved_model: Path, export_format: str, output: Path, *extra: str) -> list[str]:
+    shapes = ["1x97x131", "4x64x64", "2x160x96", "1x128x256"]
+    return [
+        "--model",
+        str(saved_model),
+        "--format",
+        export_format,
+        "--output",
+        str(output),
+        "--shapes",
+        *shapes,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(saved_model, tmp_path_factory) -> Path:
+    if not HAS_ONNX:
+        pytest.skip("onnx, onnxscript and onnxruntime are not installed (pip install -e '.[export]')")
+    output = tmp_path_factory.mktemp("onnx") / "segret.onnx"
+    assert export_command.main(command(saved_model, "onnx", output)) == 0
+    return output
+
+
+@pytest.mark.slow
+def test_onnx_under_onnxruntime_equals_eager_at_every_size(saved_model, onnx_file):
+    model = SegRetForSemanticSegmentation.from_pretrained(saved_model).eval()
+    artefact = export_command.load_artefact(onnx_file, "onnx")
+    shapes = [(1, 97, 131), (4, 64, 64), (2, 160, 96), (1, 128, 256), (3, 200, 48)]
+    results = export_command.verify(model, artefact, shapes, tolerance=1e-4)
+    assert [result.shape for result in results] == shapes
+    for result in results:
+        assert result.max_abs_difference <= 1e-4 and result.argmax_agreement == 1.0, result
+
+
+@pytest.mark.slow
+def test_command_rejects_a_tampered_onnx_file(saved_model, onnx_file, tmp_path, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_file)
+    initializer = max(model.graph.initializer, key=lambda tensor: numpy_helper.to_array(tensor).size)
+    changed = numpy_helper.to_array(initializer) * 1.01
+    initializer.CopyFrom(numpy_helper.from_array(changed, initializer.name))
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(model, tampered)
+    assert export_command.main(command(saved_model, "onnx", tampered, "--verify-only")) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_command_exports_a_program_and_rejects_it_once_tampered(saved_model, tmp_path, capsys):
+    output = tmp_path / "segret.pt2"
+    assert export_command.main(command(saved_model, "exported-program", output)) == 0
+    assert "OK:" in capsys.readouterr().out
+
+    program = torch.export.load(output)
+    name = next(name for name in program.state_dict if name.endswith("decode_head.classifier.weight"))
+    with torch.no_grad():
+        program.state_dict[name].mul_(1.01)
+    tampered = tmp_path / "tampered.pt2"
+    torch.export.save(program, tampered)
+    reloaded_weight = torch.export.load(tampered).state_dict[name]
+    assert not torch.equal(reloaded_weight, torch.export.load(output).state_dict[name])  # the change was written
+    assert export_command.main(command(saved_model, "exported-program", tampered, "--verify-only")) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "| NO |" in out
+
+
+def test_command_errors_name_the_problem(saved_model, tmp_path, capsys, monkeypatch):
+    missing_folder = tmp_path / "no-such-folder" / "segret.pt2"
+    assert export_command.main(command(saved_model, "exported-program", missing_folder)) == 2
+    assert f"output folder {missing_folder.parent} does not exist" in capsys.readouterr().err
+
+    assert export_command.main(command(tmp_path / "not-a-model", "exported-program", tmp_path / "m.pt2")) == 2
+    assert "could not load a SegRet model from" in capsys.readouterr().err
+
+    assert export_command.main(command(saved_model, "exported-program", tmp_path / "absent.pt2", "--verify-only")) == 2
+    assert "absent.pt2 does not exist" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exit_info:
+        export_command.main(command(saved_model, "tflite", tmp_path / "m.tflite"))
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real_find_spec(name)
+    )
+    assert export_command.main(command(saved_model, "onnx", tmp_path / "m.onnx")) == 2
+    error = capsys.readouterr().err
+    assert "missing: onnxruntime" in error and "pip install -e '.[export]'" in error
+
+
+def test_command_module_imports_without_the_onnx_extra():
+    """Remote-code safe: no ONNX import at module level (the extra is optional)."""
+    code = (
+        "import sys\n"
+        "for name in ('onnx', 'onnxscript', 'onnxruntime'): sys.modules[name] = None\n"
+        "import modeling_segret.export as e\n"
+        "print(e.build_parser().prog)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "python -m modeling_segret.export" in result.stdout
