@@ -23,10 +23,13 @@ def official_relative_position(
     num_heads: int, head_dim: int, init_value: float, head_range: float, height: int, width: int, mode: str, dtype
 ):
     """`RetNetRelPos2d.forward`: ((sin, cos), mask) with mask (N, L, L) for "global", (mask_h, mask_w) otherwise."""
-    # The buffers `angle` and `decay` are created in float32 and follow the model's dtype.
-    angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2))
+    # The buffers `angle` and `decay` are float32 and follow the model's dtype. The official model loads them from
+    # its checkpoint, whose values are the correctly rounded float32 results of these formulas; float32 `pow` / `log`
+    # kernels are one unit in the last place off on some CPUs (AVX-512), so each is evaluated in float64 and rounded.
+    angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2).double()).float()
     angle = angle.unsqueeze(-1).repeat(1, 2).flatten().to(dtype)
-    decay = torch.log(1 - 2 ** (-init_value - head_range * torch.arange(num_heads, dtype=torch.float) / num_heads))
+    exponent = -init_value - head_range * torch.arange(num_heads, dtype=torch.float) / num_heads
+    decay = torch.log((1 - (2 ** exponent.double()).float()).double()).float()
     decay = decay.to(dtype)
 
     index = torch.arange(height * width).to(decay)

@@ -180,11 +180,19 @@ class SegRetRelativePosition(nn.Module):
         self.mode = mode
 
     def base_tables(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The official `angle` (head_dim,) and `decay` (num_heads,) tables, in float32."""
-        theta = 1.0 / (10000 ** torch.linspace(0, 1, self.head_dim // 2, device=device))
+        """The official `angle` (head_dim,) and `decay` (num_heads,) tables, in float32.
+
+        The official code evaluates them with float32 `pow` and `log`, whose vectorised kernels differ by one unit in
+        the last place between CPU instruction sets (AVX2 vs AVX-512). Each transcendental step is therefore taken in
+        float64 and rounded to float32, which gives the correctly rounded value on every machine, equal to the
+        tables stored in the official checkpoints; the arithmetic between the steps stays in float32 as theirs.
+        """
+        exponent = torch.linspace(0, 1, self.head_dim // 2, device=device)
+        theta = 1.0 / (10000 ** exponent.double()).float()
         angle = theta.unsqueeze(-1).repeat(1, 2).flatten()  # (theta_0, theta_0, theta_1, theta_1, ...)
         head_index = torch.arange(self.num_heads, dtype=torch.float32, device=device)
-        decay = torch.log(1 - 2 ** (-self.init_value - self.head_range * head_index / self.num_heads))
+        decay_exponent = -self.init_value - self.head_range * head_index / self.num_heads
+        decay = torch.log((1 - (2 ** decay_exponent.double()).float()).double()).float()
         return angle, decay
 
     def forward(

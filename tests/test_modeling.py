@@ -163,7 +163,8 @@ def test_save_load_round_trip_keeps_logits_and_buffers(config, tmp_path):
     reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
 
     pixel_values = torch.randn(1, 3, 64, 80)
-    assert torch.equal(model(pixel_values).logits, reloaded(pixel_values).logits)
+    # Equal up to float rounding: CPU kernels may take another path for differently aligned (loaded) weights.
+    torch.testing.assert_close(model(pixel_values).logits, reloaded(pixel_values).logits, rtol=0, atol=1e-6)
     original_buffers = dict(model.named_buffers())
     for name, buffer in reloaded.named_buffers():
         assert torch.equal(buffer, original_buffers[name]), name

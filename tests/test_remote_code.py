@@ -86,7 +86,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
     assert report["model"] == "SegRetModel"
     assert report["segmentation_model"] == "SegRetForSemanticSegmentation"
     assert report["processor"] == "SegRetImageProcessor"
-    assert report["max_logit_difference"] == 0.0
+    # Not bit-identical: CPU kernels may take another path for differently aligned (memory-mapped) weights.
+    assert report["max_logit_difference"] <= 1e-6
     assert report["segments"], "the pipeline found no segment"
     for label, size, mode in report["segments"]:
         assert label in model.config.id2label.values()
