@@ -35,6 +35,9 @@ logger = logging.get_logger(__name__)
 IMAGE_PAD_VALUE = 0.0
 LABEL_PAD_VALUE = 255
 
+# SegRet's logits have ceil(side / 4) rows and columns for an input side (two stride-2 convolutions in the stem).
+LOGITS_STRIDE = 4
+
 # Number of channels accepted for array / tensor images: gray, gray + alpha, RGB, RGBA.
 _SUPPORTED_NUM_CHANNELS = (1, 2, 3, 4)
 # Pillow modes holding 16-bit samples. Pillow opens 16-bit PNGs as "I;16"; "I" (32-bit int) is what 16-bit data
@@ -77,6 +80,93 @@ def _resize_plane(plane: np.ndarray, output_size: tuple[int, int], resample: PIL
     output_height, output_width = output_size
     resized = pil_plane.resize((output_width, output_height), resample=resample)
     return np.asarray(resized).astype(plane.dtype, copy=False)
+
+
+def resize_bilinear(images: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """
+    SegRet's one bilinear resize, shared by the image processor and `inference_segret` (so `pipeline(...)` and
+    `training/evaluate.py` resize alike by construction): PyTorch's bilinear interpolation with
+    `align_corners=False` and no antialiasing, as MMSegmentation's `resize` of images and logits. `images` is a
+    float (B, C, H, W) tensor; returned unchanged when it already has `size` (height, width).
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def _bilinear_taps(input_size: int, output_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of PyTorch's bilinear resize along one axis (`align_corners=False`)."""
+    scale = np.float32(input_size / output_size)
+    source = np.maximum((np.arange(output_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    low = np.minimum(source.astype(np.int64), input_size - 1)
+    high = np.minimum(low + 1, input_size - 1)
+    high_weight = (source - low).astype(np.float32)
+    return low, high, np.float32(1) - high_weight, high_weight
+
+
+def _resize_bilinear_numpy(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`resize_bilinear` of one float32 (C, H, W) array without torch (equal to it up to float rounding)."""
+    rows_low, rows_high, top_weight, bottom_weight = _bilinear_taps(image.shape[1], size[0])
+    cols_low, cols_high, left_weight, right_weight = _bilinear_taps(image.shape[2], size[1])
+    top, bottom = image[:, rows_low], image[:, rows_high]
+    top = top[:, :, cols_low] * left_weight + top[:, :, cols_high] * right_weight
+    bottom = bottom[:, :, cols_low] * left_weight + bottom[:, :, cols_high] * right_weight
+    return top * top_weight[:, None] + bottom * bottom_weight[:, None]
+
+
+# Class planes upsampled at once by `semantic_segmentation_from_logits`: about 64 MiB of float32 per chunk.
+MAX_UPSAMPLED_ELEMENTS = 2**24
+
+
+def semantic_segmentation_from_logits(
+    logits: "torch.Tensor",
+    output_size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+    max_upsampled_elements: int = MAX_UPSAMPLED_ELEMENTS,
+) -> "torch.Tensor":
+    """
+    Class map (B, *output_size), int64, of logits (B, K, h, w): the argmax over classes of the logits resized with
+    `resize_bilinear` to `input_size` (the size the model was fed, if given) and then to `output_size`, as
+    MMSegmentation's `EncoderDecoder` does. Both the image processor's post-processing and `inference_segret`
+    use it.
+
+    Memory stays bounded whatever the output size: the classes are upsampled a chunk at a time (about
+    `max_upsampled_elements` values) and a running maximum keeps the first best class, so the result is the argmax
+    of the fully upsampled logits, tie for tie (bilinear resizing treats every class plane on its own).
+    """
+    logits = logits.float()  # low-precision logits (bf16) would create argmax ties after interpolation
+    batch_size, num_labels = logits.shape[:2]
+    largest_plane = output_size[0] * output_size[1]
+    if input_size is not None:
+        largest_plane = max(largest_plane, input_size[0] * input_size[1])
+    chunk_size = max(1, max_upsampled_elements // max(1, batch_size * largest_plane))
+    best_scores = best_classes = None
+    for start in range(0, num_labels, chunk_size):
+        scores = logits[:, start : start + chunk_size]
+        if input_size is not None:
+            scores = resize_bilinear(scores, input_size)
+        scores = resize_bilinear(scores, output_size)
+        if chunk_size >= num_labels:
+            return scores.argmax(dim=1)
+        chunk_scores, chunk_classes = scores.max(dim=1)  # the first maximum on ties, as `argmax`
+        del scores
+        if best_scores is None:
+            best_scores, best_classes = chunk_scores, chunk_classes
+            continue
+        # Strict: on a tie the earlier class wins, as in `argmax`; a NaN counts as the largest value, as there.
+        better = (chunk_scores > best_scores) | (chunk_scores.isnan() & ~best_scores.isnan())
+        best_scores = torch.where(better, chunk_scores, best_scores)
+        best_classes = torch.where(better, chunk_classes + start, best_classes)
+    return best_classes
+
+
+try:  # transformers >= 5.x: the output class of `post_process_semantic_segmentation(return_segmentation_scores=True)`
+    from transformers.image_processing_outputs import (
+        SemanticSegmentationPostProcessorOutput as _SemanticSegmentationOutput,
+    )
+except ImportError:  # older releases have no such class; it is a `BatchFeature` with two keys
+    _SemanticSegmentationOutput = BatchFeature
 
 
 class SegRetImageProcessorKwargs(ImagesKwargs, total=False):
@@ -266,13 +356,10 @@ class SegRetImageProcessor(PilBackend):
 
         pixel_values = []
         for image in image_arrays:
+            # Normalised at the original size and then resized in float, as the evaluation path does.
+            image = self._rescale_and_normalize(image, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
             if do_resize:
                 image = self.resize(image, size=size, resample=resample)
-            image = image.astype(np.float32)
-            if do_rescale:
-                image = self.rescale(image, rescale_factor)
-            if do_normalize:
-                image = self.normalize(image, image_mean, image_std)
             pixel_values.append(image)
         data = {"pixel_values": pixel_values}
 
@@ -302,7 +389,12 @@ class SegRetImageProcessor(PilBackend):
             data["labels"] = labels
 
         if do_pad:
+            resized_sizes = [image.shape[1:] for image in data["pixel_values"]]
             data["pixel_values"] = self.pad(data["pixel_values"], pad_size=pad_size, fill_value=IMAGE_PAD_VALUE)
+            # 1 on each image's own pixels, 0 on its padding: the model runs every image at its own size, so padding
+            # does not change the prediction (see `SegRetForSemanticSegmentation.forward`).
+            padded_size = data["pixel_values"][0].shape[1:]
+            data["pixel_mask"] = [self._pixel_mask(resized_size, padded_size) for resized_size in resized_sizes]
             if "labels" in data:
                 padded_labels = self.pad(
                     [label[None] for label in data["labels"]], pad_size=pad_size, fill_value=LABEL_PAD_VALUE
@@ -329,19 +421,88 @@ class SegRetImageProcessor(PilBackend):
         **kwargs,
     ) -> np.ndarray:
         """
-        Resizes a channels-first (C, H, W) array to `size` (see the class docstring), one channel at a time with
-        Pillow. `uint8` stays `uint8` (rounded, as in OpenCV), integer arrays use `I` mode (use `NEAREST` for labels)
-        and float arrays are resized in float32 without quantisation.
+        Resizes a channels-first (C, H, W) array to `size` (see the class docstring). Float arrays with the default
+        `BILINEAR` filter go through [`resize_bilinear`] (PyTorch's bilinear interpolation without antialiasing, the
+        resize of the evaluation path; a NumPy version of the same formula where torch is not installed). Other
+        filters and integer arrays (segmentation maps, with `NEAREST`) are resized one channel at a time by Pillow.
         """
         resample = PILImageResampling.BILINEAR if resample is None else resample
         height, width = image.shape[-2:]
-        if size.height and size.width:
-            output_size = (size.height, size.width)
-        else:
-            output_size = get_keep_ratio_output_size(height, width, size.shortest_edge, size.longest_edge)
+        output_size = self.resized_size(height, width, size)
         if output_size == (height, width):
             return image
+        if resample == PILImageResampling.BILINEAR and image.dtype.kind == "f":
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            if is_torch_available():
+                return resize_bilinear(torch.from_numpy(image)[None], output_size)[0].numpy()
+            return _resize_bilinear_numpy(image, output_size)
         return np.stack([_resize_plane(plane, output_size, resample) for plane in image])
+
+    def resized_size(self, height: int, width: int, size: SizeDict | dict[str, int] | None = None) -> tuple[int, int]:
+        """(height, width) that `resize` gives an image of `height` x `width`, for `size` (default: `self.size`)."""
+        size = dict(self.size if size is None else size)
+        if size.get("height") and size.get("width"):
+            return size["height"], size["width"]
+        return get_keep_ratio_output_size(height, width, size.get("shortest_edge"), size.get("longest_edge"))
+
+    @staticmethod
+    def _rescale_and_normalize(
+        image: np.ndarray,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
+    ) -> np.ndarray:
+        """
+        float32 `(image * rescale_factor - mean) / std`. With both steps it is computed on the image's own scale,
+        as `(image - mean / rescale_factor) / (std / rescale_factor)` with the constants formed like
+        `training/evaluate.py` forms them, so the two paths give the same float32 values.
+        """
+        image = image.astype(np.float32)
+        if not do_normalize:
+            return image * np.float32(rescale_factor) if do_rescale else image
+        factor = 1 / rescale_factor if do_rescale else 1.0
+        num_channels = image.shape[0]
+        mean, std = (
+            np.array([float(value) * factor for value in np.broadcast_to(values, (num_channels,))], dtype=np.float32)
+            for values in (image_mean, image_std)
+        )
+        return (image - mean[:, None, None]) / std[:, None, None]
+
+    def pad(
+        self,
+        images: list[np.ndarray],
+        pad_size: SizeDict | dict[str, int] | None = None,
+        fill_value: float = 0,
+        **kwargs,
+    ) -> list[np.ndarray]:
+        """Pads (C, H, W) arrays at the bottom and right with `fill_value`, to `pad_size` or else to the largest."""
+        if pad_size is not None:
+            pad_size = dict(pad_size)
+            padded_height, padded_width = pad_size["height"], pad_size["width"]
+        else:
+            padded_height = max(image.shape[-2] for image in images)
+            padded_width = max(image.shape[-1] for image in images)
+        padded_images = []
+        for index, image in enumerate(images):
+            height, width = image.shape[-2:]
+            if height > padded_height or width > padded_width:
+                raise ValueError(
+                    f"Padding dimensions are negative: image {index} has size ({height}, {width}) after resizing, "
+                    f"larger than pad_size ({padded_height}, {padded_width})."
+                )
+            padded = np.full((*image.shape[:-2], padded_height, padded_width), fill_value, dtype=image.dtype)
+            padded[..., :height, :width] = image
+            padded_images.append(padded)
+        return padded_images
+
+    @staticmethod
+    def _pixel_mask(image_size: tuple[int, int], padded_size: tuple[int, int]) -> np.ndarray:
+        """int64 (H, W) mask of a padded image: 1 on the image, 0 on the padding (bottom and right)."""
+        mask = np.zeros(padded_size, dtype=np.int64)
+        mask[: image_size[0], : image_size[1]] = 1
+        return mask
 
     def reduce_label(self, label_map: np.ndarray) -> np.ndarray:
         """ADE20K-style label reduction: 0 (unlabelled) -> 255, v -> v - 1, and 255 stays 255."""
@@ -354,36 +515,69 @@ class SegRetImageProcessor(PilBackend):
         return label_map
 
     def post_process_semantic_segmentation(
-        self, outputs: Any, target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None
-    ) -> "list[torch.Tensor]":
+        self,
+        outputs: Any,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_segmentation_scores: bool = False,
+    ) -> "list[torch.Tensor] | list[BatchFeature]":
         """
         Converts the logits of [`SegRetForSemanticSegmentation`] into per-pixel class indices.
+
+        With `target_sizes` the logits are resized as the evaluation path resizes them (`training/evaluate.py`,
+        `inference_segret.segment`): bilinearly (`align_corners=False`) to the size the model was fed, which is
+        recomputed from the target size with this processor's `size`, then to the target size; the padding of a
+        padded batch (`do_pad=True`) is cropped off first. The argmax is taken over a few classes at a time, so a
+        large image needs little memory (see [`semantic_segmentation_from_logits`]). When the target size is not
+        the original image size of the processed image (the logits do not fit the size this processor would have
+        fed the model), the logits are resized to it in one step.
 
         Args:
             outputs ([`SemanticSegmenterOutput`]):
                 Model outputs; only `outputs.logits` of shape (B, num_labels, h, w) is used.
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape (B, 2), *optional*):
-                The (height, width) of each prediction, normally the original image size. The logits are resized
-                bilinearly (`align_corners=False`) to it before the argmax. Without it the maps stay at the logits'
-                resolution (1/4 of the model input for SegRet).
+                The (height, width) of each prediction: the original image size (the pipeline passes it). Without it
+                the maps stay at the logits' resolution (1/4 of the model input for SegRet).
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Also return the resized logits. Each item is then a `SemanticSegmentationPostProcessorOutput` with
+                `segmentation` (int64, (height, width)) and `segmentation_scores` (float32, (num_labels, height,
+                width)), as transformers' own processors return; the scores take num_labels x height x width floats.
 
         Returns:
-            `list[torch.Tensor]`: one int64 map of shape (height, width) per image.
+            `list[torch.Tensor]` (one int64 map of shape (height, width) per image), or with
+            `return_segmentation_scores=True` a list of `SemanticSegmentationPostProcessorOutput`.
         """
         logits = outputs.logits
-        if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != len(logits):
+        if target_sizes is not None and len(target_sizes) != len(logits):
             raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits.")
-        segmentation_maps = []
-        for image_logits, target_size in zip(logits, target_sizes, strict=True):
-            target_height, target_width = (int(side) for side in target_size)
-            # Upsample in float32: low-precision logits (bf16) would create argmax ties after interpolation.
-            upsampled_logits = F.interpolate(
-                image_logits[None].float(), size=(target_height, target_width), mode="bilinear", align_corners=False
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
+        results = []
+        for index, image_logits in enumerate(logits):
+            image_logits = image_logits[None]
+            input_size = None
+            if target_sizes is not None:
+                target_size = tuple(int(side) for side in target_sizes[index])
+                input_size = target_size if not self.do_resize else self.resized_size(*target_size)
+                logits_size = tuple(math.ceil(side / LOGITS_STRIDE) for side in input_size)
+                if all(valid <= side for valid, side in zip(logits_size, image_logits.shape[-2:])):
+                    image_logits = image_logits[..., : logits_size[0], : logits_size[1]]  # padding cropped off
+                else:
+                    input_size = None  # not the processed image's original size: one resize to the target size
+            if not return_segmentation_scores:
+                output_size = image_logits.shape[-2:] if target_sizes is None else target_size
+                results.append(semantic_segmentation_from_logits(image_logits, output_size, input_size)[0])
+                continue
+            scores = image_logits.float()
+            if target_sizes is not None:
+                scores = resize_bilinear(
+                    scores if input_size is None else resize_bilinear(scores, input_size), target_size
+                )
+            results.append(
+                _SemanticSegmentationOutput(
+                    data={"segmentation": scores[0].argmax(dim=0), "segmentation_scores": scores[0]}
+                )
             )
-            segmentation_maps.append(upsampled_logits[0].argmax(dim=0))
-        return segmentation_maps
+        return results
 
     @staticmethod
     def _split_batch(inputs: Any, name: str, single_ndims: tuple[int, ...], batch_ndims: tuple[int, ...]) -> list[Any]:

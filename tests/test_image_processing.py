@@ -11,12 +11,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.dynamic_module_utils import check_imports, get_relative_imports
 
 from modeling_segret import SegRetConfig
-from modeling_segret.image_processing_segret import SegRetImageProcessor, get_keep_ratio_output_size
+from modeling_segret.image_processing_segret import (
+    SegRetImageProcessor,
+    _resize_bilinear_numpy,
+    get_keep_ratio_output_size,
+    resize_bilinear,
+)
 
 PROCESSOR_FILE = Path(__file__).resolve().parents[1] / "modeling_segret" / "image_processing_segret.py"
 MMSEG_MEAN = np.array([123.675, 116.28, 103.53])
@@ -223,16 +229,33 @@ def test_numpy_and_torch_layouts_and_dtypes(processor):
     assert tuple(batch.shape) == (2, 3, 5, 6)
 
 
-def test_resize_keeps_uint8_rounding_and_float_precision(processor):
-    """uint8 images are resized in 8 bit (as MMSegmentation); float images in float32, without quantisation."""
+def test_resize_is_the_evaluation_paths_float_bilinear(processor):
+    """Images are normalised at their own size, then resized in float32 by `resize_bilinear` (PyTorch's bilinear,
+    align_corners=False, no antialiasing), as `inference_segret` resizes them: bit for bit, up and down."""
     image = random_rgb(40, 30)
-    size = {"height": 17, "width": 23}
-    resized_uint8 = raw_pixels(processor, image, do_resize=True, size=size)
-    assert np.array_equal(resized_uint8, np.round(resized_uint8))
-    resized_float = raw_pixels(processor, image.astype(np.float32), do_resize=True, size=size)
-    resized_shifted = raw_pixels(processor, image.astype(np.float32) + 0.25, do_resize=True, size=size)
-    np.testing.assert_allclose(resized_shifted, resized_float + 0.25, atol=1e-3)  # linear, not rounded
-    np.testing.assert_allclose(resized_float, resized_uint8, atol=1.0)
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (MMSEG_MEAN, MMSEG_STD))
+    normalised = (torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std
+    for size in [{"height": 17, "width": 23}, {"height": 97, "width": 61}]:
+        pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
+        expected = F.interpolate(normalised[None], size=(size["height"], size["width"]), mode="bilinear")
+        assert torch.equal(pixel_values, expected)
+        assert torch.equal(pixel_values, resize_bilinear(normalised[None], (size["height"], size["width"])))
+    # Float images are resized without quantisation.
+    resized_float = raw_pixels(processor, image.astype(np.float32), do_resize=True, size={"height": 17, "width": 23})
+    resized_shifted = raw_pixels(
+        processor, image.astype(np.float32) + 0.25, do_resize=True, size={"height": 17, "width": 23}
+    )
+    np.testing.assert_allclose(resized_shifted, resized_float + 0.25, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [((40, 30), (17, 23)), ((7, 9), (50, 13)), ((64, 64), (32, 32)), ((5, 5), (5, 9))]
+)
+def test_numpy_resize_without_torch_matches_torch(source, target):
+    """Where torch is not installed the processor resizes with a NumPy version of the same formula."""
+    image = np.random.default_rng(0).normal(size=(3, *source)).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(image)[None], size=target, mode="bilinear")[0].numpy()
+    np.testing.assert_allclose(_resize_bilinear_numpy(image, target), expected, rtol=0, atol=2e-6)
 
 
 # --- labels ----------------------------------------------------------------------------------------------------
