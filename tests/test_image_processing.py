@@ -22,6 +22,7 @@ from modeling_segret.image_processing_segret import (
     _resize_bilinear_numpy,
     get_keep_ratio_output_size,
     resize_bilinear,
+    semantic_segmentation_from_logits,
 )
 
 PROCESSOR_FILE = Path(__file__).resolve().parents[1] / "modeling_segret" / "image_processing_segret.py"
@@ -341,6 +342,66 @@ def test_post_process_semantic_segmentation(processor):
 
     with pytest.raises(ValueError, match="Got 1 target sizes for a batch of 2 logits"):
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(8, 8)])
+
+
+def test_chunked_argmax_equals_the_fully_upsampled_argmax():
+    """A few classes at a time with a running maximum: the argmax of the fully upsampled logits, ties and NaN too."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 11, 7, 9, generator=generator)
+    logits[:, 6] = logits[:, 2]  # exact ties between classes 2 and 6: the first one wins
+    logits[0, 9, 3, 4] = float("nan")  # NaN is the maximum, as in `argmax`
+    for input_size, output_size in [((28, 36), (61, 45)), (None, (13, 17)), ((28, 36), (28, 36))]:
+        expected = logits
+        if input_size is not None:
+            expected = F.interpolate(expected, size=input_size, mode="bilinear")
+        expected = F.interpolate(expected, size=output_size, mode="bilinear").argmax(dim=1)
+        for max_elements in (1, 3 * 2 * 61 * 45, 2**30):  # one class per chunk, three, all at once
+            got = semantic_segmentation_from_logits(
+                logits, output_size, input_size, max_upsampled_elements=max_elements
+            )
+            assert torch.equal(got, expected)
+
+
+def test_post_processing_resizes_through_the_model_input_size():
+    """Logits go to the size the processor fed the model, then to the target size (the evaluation path); padding
+    of a padded batch is cropped off first, from the size the processor's own rule gives the target size."""
+    processor = SegRetImageProcessor(size={"shortest_edge": 32, "longest_edge": 96})
+    logits = torch.randn(1, 5, 8, 11)  # a 30 x 41 model input: ceil(30 / 4) x ceil(41 / 4)
+    expected_scores = F.interpolate(
+        F.interpolate(logits, size=(32, 41), mode="bilinear"), size=(47, 60), mode="bilinear"
+    )
+    assert processor.resized_size(47, 60) == (32, 41)
+    outputs = SimpleNamespace(logits=logits)
+    (segmentation,) = processor.post_process_semantic_segmentation(outputs, target_sizes=[(47, 60)])
+    assert torch.equal(segmentation, expected_scores[0].argmax(dim=0))
+    # In a batch padded to 64 x 64 the logits are 16 x 16; the rows and columns past 8 x 11 are padding.
+    padded = torch.full((1, 5, 16, 16), 100.0)
+    padded[..., :8, :11] = logits
+    (from_padded,) = processor.post_process_semantic_segmentation(SimpleNamespace(logits=padded), [(47, 60)])
+    assert torch.equal(from_padded, segmentation)
+    # Without resizing in the processor the target size is the model input size.
+    no_resize = SegRetImageProcessor(do_resize=False)
+    (segmentation,) = no_resize.post_process_semantic_segmentation(outputs, target_sizes=torch.tensor([[32, 41]]))
+    assert torch.equal(segmentation, F.interpolate(logits, size=(32, 41), mode="bilinear")[0].argmax(dim=0))
+
+
+def test_return_segmentation_scores(processor):
+    """transformers >= 5.x's argument: each item has `segmentation` and `segmentation_scores` (the resized logits)."""
+    logits = torch.randn(2, 5, 6, 7)
+    outputs = SimpleNamespace(logits=logits)
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(13, 11), (6, 9)])
+    results = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(13, 11), (6, 9)], return_segmentation_scores=True
+    )
+    for index, (result, segmentation_map, size) in enumerate(zip(results, maps, [(13, 11), (6, 9)], strict=True)):
+        assert set(result.keys()) == {"segmentation", "segmentation_scores"}
+        assert torch.equal(result.segmentation, segmentation_map)
+        assert tuple(result.segmentation_scores.shape) == (5, *size)
+        expected = F.interpolate(logits[index : index + 1], size=size, mode="bilinear")[0]
+        torch.testing.assert_close(result["segmentation_scores"], expected, rtol=0, atol=0)
+    at_logits_size = processor.post_process_semantic_segmentation(outputs, return_segmentation_scores=True)
+    assert torch.equal(at_logits_size[1].segmentation_scores, logits[1])
+    assert torch.equal(at_logits_size[1].segmentation, logits[1].argmax(dim=0))
 
 
 def test_no_panoptic_or_instance_post_processing(processor):
