@@ -197,8 +197,9 @@ class SegRetImageProcessor(PilBackend):
             [`get_keep_ratio_output_size`]). The default is the ADE20K / COCO-Stuff test resize; Cityscapes uses
             `{"shortest_edge": 1024, "longest_edge": 2048}`.
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
-            Pillow filter for images. Segmentation maps always use `NEAREST`. Pillow's bilinear filter antialiases
-            when downscaling, unlike OpenCV's `INTER_LINEAR` used by MMSegmentation.
+            Filter for images. `BILINEAR` is the evaluation path's resize ([`resize_bilinear`]: PyTorch's bilinear
+            interpolation of the normalised float image, `align_corners=False`, no antialiasing, as
+            `training/evaluate.py`); other filters use Pillow. Segmentation maps always use Pillow's `NEAREST`.
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
@@ -219,8 +220,10 @@ class SegRetImageProcessor(PilBackend):
 
     Batches: without padding, images that end up with different sizes (keep-ratio resize of differently shaped
     images, or `do_resize=False`) are returned as lists when `return_tensors=None` and raise a `ValueError` when
-    tensors are requested. With `do_pad=True` the logits of padded images cover the padding too: crop them to the
-    resized image size before resizing them to the original size.
+    tensors are requested. With `do_pad=True` the output also has a `pixel_mask` (1 on the image, 0 on the padding):
+    the model then runs every image at its own size, and `post_process_semantic_segmentation` crops the padding off,
+    so padding changes no prediction. transformers' pipeline preprocesses one image at a time, so batched pipeline
+    calls over images of different sizes need `do_pad=True` with a `pad_size` that holds every resized image.
 
     Images can be PIL images, NumPy arrays or torch tensors, and are converted to 3-channel RGB as follows:
 
