@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from PIL import Image
 from transformers import pipeline
 
 from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 # Keep-ratio sizes differ with the aspect ratio; two images share a size, so that a group of two runs at once.
 IMAGE_SIZES = [(40, 50), (50, 40), (30, 90), (40, 50), (17, 23), (64, 64)]  # (height, width)
@@ -160,3 +163,19 @@ def test_batched_pipeline_as_remote_code(model, tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert [np.asarray(classes).shape for classes in report["batched"]] == IMAGE_SIZES
     assert report["batched"] == report["one_by_one"]
+
+
+@pytest.mark.slow
+def test_benchmark_pipeline_parts_run(tmp_path):
+    """`benchmarks/run.py --quick` runs the pipeline and post-processing memory parts and writes nothing."""
+    output = tmp_path / "BENCHMARKS.md"
+    command = [sys.executable, "benchmarks/run.py", "--quick", "--parts", "pipeline", "postprocess-memory"]
+    result = subprocess.run(
+        [*command, "--output", str(output)], cwd=REPOSITORY, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| SegRet-Tiny pipeline (default keep-ratio processor, short side 512) |" in result.stdout
+    assert (
+        "- now: SegRetImageProcessor.post_process_semantic_segmentation, post-processing one 600×400" in result.stdout
+    )
+    assert not output.exists()
