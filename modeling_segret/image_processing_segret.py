@@ -115,8 +115,9 @@ def _resize_bilinear_numpy(image: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return top * top_weight[:, None] + bottom * bottom_weight[:, None]
 
 
-# Class planes upsampled at once by `semantic_segmentation_from_logits`: about 64 MiB of float32 per chunk.
-MAX_UPSAMPLED_ELEMENTS = 2**24
+# Values upsampled at once by `semantic_segmentation_from_logits`: 256 MiB of float32 per chunk of classes, so a
+# 512² prediction with 150 classes is one chunk and a 3000×2000 one takes 14.
+MAX_UPSAMPLED_ELEMENTS = 2**26
 
 
 def semantic_segmentation_from_logits(
@@ -143,7 +144,9 @@ def semantic_segmentation_from_logits(
     chunk_size = max(1, max_upsampled_elements // max(1, batch_size * largest_plane))
     best_scores = best_classes = None
     for start in range(0, num_labels, chunk_size):
-        scores = logits[:, start : start + chunk_size]
+        # Class planes in channels-first memory whatever the logits' layout: PyTorch then resizes every plane on its
+        # own (the channels-last kernel's rounding depends on the number of channels).
+        scores = logits[:, start : start + chunk_size].contiguous()
         if input_size is not None:
             scores = resize_bilinear(scores, input_size)
         scores = resize_bilinear(scores, output_size)
@@ -155,9 +158,9 @@ def semantic_segmentation_from_logits(
             best_scores, best_classes = chunk_scores, chunk_classes
             continue
         # Strict: on a tie the earlier class wins, as in `argmax`; a NaN counts as the largest value, as there.
-        better = (chunk_scores > best_scores) | (chunk_scores.isnan() & ~best_scores.isnan())
+        better = ~(chunk_scores <= best_scores) & ~best_scores.isnan()
         best_scores = torch.where(better, chunk_scores, best_scores)
-        best_classes = torch.where(better, chunk_classes + start, best_classes)
+        best_classes = torch.where(better, chunk_classes.add_(start), best_classes)
     return best_classes
 
 

@@ -360,6 +360,8 @@ def test_chunked_argmax_equals_the_fully_upsampled_argmax():
                 logits, output_size, input_size, max_upsampled_elements=max_elements
             )
             assert torch.equal(got, expected)
+        channels_last = logits.contiguous(memory_format=torch.channels_last)  # the same for any memory layout
+        assert torch.equal(semantic_segmentation_from_logits(channels_last, output_size, input_size), expected)
 
 
 def test_post_processing_resizes_through_the_model_input_size():
