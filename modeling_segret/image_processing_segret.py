@@ -1,5 +1,6 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
-"""Image processor for SegRet: PIL + NumPy preprocessing (no torchvision), torch only for post-processing.
+"""Image processor for SegRet: PIL + NumPy preprocessing (no torchvision); torch, where installed, for the bilinear
+resize shared with the evaluation path (a NumPy version of it otherwise) and for post-processing.
 
 This file is copied flat into Hub repositories as remote code, so it imports only the standard library, NumPy,
 Pillow, transformers and (guarded) torch.
