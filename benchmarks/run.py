@@ -16,6 +16,9 @@ CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, u
   highres   SegRet-Tiny vs SegFormer-B1 at 1024×2048 (Tiny's quadratic global stage 3 at 8192 tokens)
   train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
   memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
+  pipeline  time per image of transformers' image-segmentation pipeline, SegRet-Tiny vs SegFormer-B1, 512² and
+            1024×2048 photos; post-processing alone before / now
+  postprocess-memory  peak memory of post-processing one 3000×2000 photo with 150 classes, before / now
 GPU parts (`--device cuda`, bfloat16, batch 16): throughput of the four variants and SegFormer-B1, the backbone vs
 the official formulation, a training step, peak GPU memory.
 
@@ -49,6 +52,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 import transformers  # noqa: E402
 from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
+from transformers.modeling_outputs import SemanticSegmenterOutput  # noqa: E402
 
 from benchmarks.official_rmt import OfficialRMTBackbone, OfficialSegRet  # noqa: E402
 from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config  # noqa: E402
@@ -581,6 +585,123 @@ def part_memory(args, matmul) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Pipeline parts: what a user of `pipeline("image-segmentation")` waits for, and post-processing memory
+
+
+def pipeline_call(segmenter, image) -> Callable[[], object]:
+    return lambda: segmenter(image)
+
+
+def one_step_post_processing(logits: torch.Tensor, target_size: tuple[int, int]) -> torch.Tensor:
+    """The post-processing SegRet had before (and SegFormer's): all classes upsampled at once, then the argmax."""
+    upsampled = torch.nn.functional.interpolate(logits.float(), size=target_size, mode="bilinear", align_corners=False)
+    return upsampled[0].argmax(dim=0)
+
+
+def part_pipeline(args, matmul) -> list[Row]:
+    """Time per image of transformers' image-segmentation pipeline (pre-processing, model, post-processing)."""
+    from PIL import Image
+    from transformers import SegformerImageProcessorPil, pipeline
+
+    from modeling_segret import SegRetImageProcessor
+
+    segret_model = segret("tiny").eval()
+    randomize_decoder_residuals(segret_model)
+    segformer = segformer_b1().eval()
+    # SegformerImageProcessor resolves to this PIL class where torchvision is not installed (as here).
+    segmenters = {
+        "SegFormer-B1 pipeline (SegformerImageProcessor, 512×512)": pipeline(
+            "image-segmentation", model=segformer, image_processor=SegformerImageProcessorPil()
+        ),
+        "SegRet-Tiny pipeline (default keep-ratio processor, short side 512)": pipeline(
+            "image-segmentation", model=segret_model, image_processor=SegRetImageProcessor()
+        ),
+        "SegRet-Tiny pipeline (fixed 512×512 processor)": pipeline(
+            "image-segmentation", model=segret_model, image_processor=SegRetImageProcessor(size=512)
+        ),
+    }
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    sizes = [(128, 128), (128, 256)] if args.quick else [(512, 512), (1024, 2048)]
+    for (height, width), target in zip(sizes, ["≤ 0.8", "≤ 1.0"]):
+        pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).numpy()
+        image = Image.fromarray(pixels)
+        contenders = [Contender(name, pipeline_call(segmenter, image)) for name, segmenter in segmenters.items()]
+        rounds = args.rounds if height * width <= 512 * 512 else max(2, args.rounds // 2)
+        group = f"pipeline, one {height}×{width} image"
+        group_rows = timed_rows(group, contenders, contenders[0].name, rounds, 1, args.device, matmul)
+        for row in group_rows[1:3]:
+            row.target, row.met = target, row.ratio <= float(target.split()[-1])
+        rows += group_rows
+
+    # Post-processing alone on SegRet-Tiny's 150 logits of a 512² input: before (channels-last logits, one step
+    # to the target size) and now (contiguous logits, through the input size, a few classes at a time).
+    processor = SegRetImageProcessor(size=512)
+    with torch.inference_mode():
+        logits = segret_model(torch.randn(1, 3, args.image_size, args.image_size)).logits
+    channels_last = logits.contiguous(memory_format=torch.channels_last)
+    outputs = SemanticSegmenterOutput(logits=logits)
+    target = (args.image_size, args.image_size)
+    contenders = [
+        Contender("one step, channels-last logits (before)", lambda: one_step_post_processing(channels_last, target)),
+        Contender("one step, contiguous logits", lambda: one_step_post_processing(logits, target)),
+        Contender(
+            "post_process_semantic_segmentation (now: contiguous, via the input size, chunked)",
+            lambda: processor.post_process_semantic_segmentation(outputs, target_sizes=[target]),
+        ),
+    ]
+    group = f"post-processing, {NUM_LABELS} classes, {args.image_size}² logits ×4"
+    return rows + timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+
+
+def postprocess_memory_child(name: str, height: int, width: int) -> None:
+    """Runs in a fresh process: post-processes the 150-class logits of one height × width photo; prints GiB as JSON."""
+    from modeling_segret import SegRetImageProcessor
+
+    processor = SegRetImageProcessor()
+    input_height, input_width = processor.resized_size(height, width)
+    logits = torch.randn(1, NUM_LABELS, math.ceil(input_height / 4), math.ceil(input_width / 4))
+    if name.startswith("before"):
+        logits = logits.contiguous(memory_format=torch.channels_last)  # as the model returned them before
+    before, _ = resident_memory_gib()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if name.startswith("before"):
+            segmentation = one_step_post_processing(logits, (height, width))
+        else:
+            outputs = SemanticSegmenterOutput(logits=logits)
+            segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
+    seconds = time.perf_counter() - start
+    _, peak = resident_memory_gib()
+    assert tuple(segmentation.shape) == (height, width)
+    print(json.dumps({"before": before, "peak": peak, "seconds": seconds}))
+
+
+POSTPROCESS_MEMORY = (
+    "before: all classes upsampled at once (channels-last logits)",
+    "now: SegRetImageProcessor.post_process_semantic_segmentation",
+)
+
+
+def part_postprocess_memory(args, matmul) -> list[Row]:
+    height, width = (600, 400) if args.quick else (3000, 2000)
+    rows = []
+    for name in POSTPROCESS_MEMORY:
+        command = [sys.executable, __file__, "--postprocess-child", name, "--size", str(height), str(width)]
+        command += ["--threads", str(args.threads)]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        row = Row(f"post-processing one {height}×{width} photo, {NUM_LABELS} classes", name, 1e3 * report["seconds"])
+        growth = report["peak"] - report["before"]
+        row.memory = f"{report['peak']:.2f} GiB peak RSS (+{growth:.2f} for the post-processing)"
+        row.note = "one call in a fresh process"
+        if name.startswith("now"):
+            row.target, row.met = "bounded (≤ 1 GiB growth)", growth <= 1.0
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # GPU parts (bfloat16, batch 16)
 
 
@@ -705,6 +826,8 @@ SUITES = {
         "highres": (part_highres, {}),
         "train": (part_train, {}),
         "memory": (part_memory, {}),
+        "pipeline": (part_pipeline, {}),
+        "postprocess-memory": (part_postprocess_memory, {}),
     },
     "gpu": {"throughput": (part_throughput, {}), "backbone": (part_backbone, {}), "train": (part_train, {})},
 }
@@ -735,11 +858,15 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPOSITORY / "BENCHMARKS.md")
     parser.add_argument("--part-child", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--postprocess-child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, *args.size)
+        return
+    if args.postprocess_child:
+        postprocess_memory_child(args.postprocess_child, *args.size)
         return
 
     args.device = torch.device(args.device)

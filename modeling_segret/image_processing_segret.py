@@ -1,5 +1,6 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
-"""Image processor for SegRet: PIL + NumPy preprocessing (no torchvision), torch only for post-processing.
+"""Image processor for SegRet: PIL + NumPy preprocessing (no torchvision); torch, where installed, for the bilinear
+resize shared with the evaluation path (a NumPy version of it otherwise) and for post-processing.
 
 This file is copied flat into Hub repositories as remote code, so it imports only the standard library, NumPy,
 Pillow, transformers and (guarded) torch.
@@ -12,7 +13,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from transformers.image_processing_utils import BatchFeature, get_size_dict
-from transformers.image_transforms import normalize, rescale
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -40,6 +40,14 @@ if not hasattr(SizeDict, "__iter__"):  # transformers 4.57 - 5.3: `dict(processo
         def __iter__(self):
             yield from _size_items(self).items()
 
+
+try:  # newer transformers: the output class of `post_process_semantic_segmentation(return_segmentation_scores=True)`
+    from transformers.image_processing_outputs import (
+        SemanticSegmentationPostProcessorOutput as _SemanticSegmentationOutput,
+    )
+except ImportError:  # older releases have no such class; it is a `BatchFeature` with two keys
+    _SemanticSegmentationOutput = BatchFeature
+
 # The base class only saves, loads and calls `preprocess`: SegRetImageProcessor sets its settings, merges per-call
 # options, validates, resizes, rescales, normalises and pads itself, so it computes the same on every version.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -50,6 +58,9 @@ logger = logging.get_logger(__name__)
 # normalisation and padded label pixels get the ignore index (`SegRetConfig.semantic_loss_ignore_index`).
 IMAGE_PAD_VALUE = 0.0
 LABEL_PAD_VALUE = 255
+
+# SegRet's logits have ceil(side / 4) rows and columns for an input side (two stride-2 convolutions in the stem).
+LOGITS_STRIDE = 4
 
 # Number of channels accepted for array / tensor images: gray, gray + alpha, RGB, RGBA.
 _SUPPORTED_NUM_CHANNELS = (1, 2, 3, 4)
@@ -101,6 +112,88 @@ def _resize_plane(plane: np.ndarray, output_size: tuple[int, int], resample: PIL
     return np.asarray(resized).astype(plane.dtype, copy=False)
 
 
+def resize_bilinear(images: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """
+    SegRet's one bilinear resize, shared by the image processor and `inference_segret` (so `pipeline(...)` and
+    `training/evaluate.py` resize alike by construction): PyTorch's bilinear interpolation with
+    `align_corners=False` and no antialiasing, as MMSegmentation's `resize` of images and logits. `images` is a
+    float (B, C, H, W) tensor; returned unchanged when it already has `size` (height, width).
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def _bilinear_taps(input_size: int, output_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of PyTorch's bilinear resize along one axis (`align_corners=False`)."""
+    scale = np.float32(input_size / output_size)
+    source = np.maximum((np.arange(output_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    low = np.minimum(source.astype(np.int64), input_size - 1)
+    high = np.minimum(low + 1, input_size - 1)
+    high_weight = (source - low).astype(np.float32)
+    return low, high, np.float32(1) - high_weight, high_weight
+
+
+def _resize_bilinear_numpy(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`resize_bilinear` of one float32 (C, H, W) array without torch (equal to it up to float rounding)."""
+    rows_low, rows_high, top_weight, bottom_weight = _bilinear_taps(image.shape[1], size[0])
+    cols_low, cols_high, left_weight, right_weight = _bilinear_taps(image.shape[2], size[1])
+    top, bottom = image[:, rows_low], image[:, rows_high]
+    top = top[:, :, cols_low] * left_weight + top[:, :, cols_high] * right_weight
+    bottom = bottom[:, :, cols_low] * left_weight + bottom[:, :, cols_high] * right_weight
+    return top * top_weight[:, None] + bottom * bottom_weight[:, None]
+
+
+# Values upsampled at once by `semantic_segmentation_from_logits`: 256 MiB of float32 per chunk of classes, so a
+# 512² prediction with 150 classes is one chunk and a 3000×2000 one takes 14.
+MAX_UPSAMPLED_ELEMENTS = 2**26
+
+
+def semantic_segmentation_from_logits(
+    logits: "torch.Tensor",
+    output_size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+    max_upsampled_elements: int = MAX_UPSAMPLED_ELEMENTS,
+) -> "torch.Tensor":
+    """
+    Class map (B, *output_size), int64, of logits (B, K, h, w): the argmax over classes of the logits resized with
+    `resize_bilinear` to `input_size` (the size the model was fed, if given) and then to `output_size`, as
+    MMSegmentation's `EncoderDecoder` does. Both the image processor's post-processing and `inference_segret`
+    use it.
+
+    Memory stays bounded whatever the output size: the classes are upsampled a chunk at a time (about
+    `max_upsampled_elements` values) and a running maximum keeps the first best class, so the result is the argmax
+    of the fully upsampled logits, tie for tie (bilinear resizing treats every class plane on its own).
+    """
+    logits = logits.float()  # low-precision logits (bf16) would create argmax ties after interpolation
+    batch_size, num_labels = logits.shape[:2]
+    largest_plane = output_size[0] * output_size[1]
+    if input_size is not None:
+        largest_plane = max(largest_plane, input_size[0] * input_size[1])
+    chunk_size = max(1, max_upsampled_elements // max(1, batch_size * largest_plane))
+    best_scores = best_classes = None
+    for start in range(0, num_labels, chunk_size):
+        # Class planes in channels-first memory whatever the logits' layout: PyTorch then resizes every plane on its
+        # own (the channels-last kernel's rounding depends on the number of channels).
+        scores = logits[:, start : start + chunk_size].contiguous()
+        if input_size is not None:
+            scores = resize_bilinear(scores, input_size)
+        scores = resize_bilinear(scores, output_size)
+        if chunk_size >= num_labels:
+            return scores.argmax(dim=1)
+        chunk_scores, chunk_classes = scores.max(dim=1)  # the first maximum on ties, as `argmax`
+        del scores
+        if best_scores is None:
+            best_scores, best_classes = chunk_scores, chunk_classes
+            continue
+        # Strict: on a tie the earlier class wins, as in `argmax`; a NaN counts as the largest value, as there.
+        better = ~(chunk_scores <= best_scores) & ~best_scores.isnan()
+        best_scores = torch.where(better, chunk_scores, best_scores)
+        best_classes = torch.where(better, chunk_classes.add_(start), best_classes)
+    return best_classes
+
+
 class SegRetImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
@@ -129,8 +222,9 @@ class SegRetImageProcessor(ImageProcessorBase):
             [`get_keep_ratio_output_size`]). The default is the ADE20K / COCO-Stuff test resize; Cityscapes uses
             `{"shortest_edge": 1024, "longest_edge": 2048}`.
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
-            Pillow filter for images. Segmentation maps always use `NEAREST`. Pillow's bilinear filter antialiases
-            when downscaling, unlike OpenCV's `INTER_LINEAR` used by MMSegmentation.
+            Filter for images. `BILINEAR` is the evaluation path's resize ([`resize_bilinear`]: PyTorch's bilinear
+            interpolation of the normalised float image, `align_corners=False`, no antialiasing, as
+            `training/evaluate.py`); other filters use Pillow. Segmentation maps always use Pillow's `NEAREST`.
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
@@ -151,8 +245,10 @@ class SegRetImageProcessor(ImageProcessorBase):
 
     Batches: without padding, images that end up with different sizes (keep-ratio resize of differently shaped
     images, or `do_resize=False`) are returned as lists when `return_tensors=None` and raise a `ValueError` when
-    tensors are requested. With `do_pad=True` the logits of padded images cover the padding too: crop them to the
-    resized image size before resizing them to the original size.
+    tensors are requested. With `do_pad=True` the output also has a `pixel_mask` (1 on the image, 0 on the padding):
+    the model then runs every image at its own size, and `post_process_semantic_segmentation` crops the padding off,
+    so padding changes no prediction. transformers' pipeline preprocesses one image at a time, so batched pipeline
+    calls over images of different sizes need `do_pad=True` with a `pad_size` that holds every resized image.
 
     Images can be PIL images, NumPy arrays or torch tensors, and are converted to 3-channel RGB as follows:
 
@@ -350,13 +446,10 @@ class SegRetImageProcessor(ImageProcessorBase):
 
         pixel_values = []
         for image in image_arrays:
+            # Normalised at the original size and then resized in float, as the evaluation path does.
+            image = self._rescale_and_normalize(image, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
             if do_resize:
                 image = self.resize(image, size=size, resample=resample)
-            image = image.astype(np.float32)
-            if do_rescale:
-                image = self.rescale(image, rescale_factor)
-            if do_normalize:
-                image = self.normalize(image, image_mean, image_std)
             pixel_values.append(image)
         data = {"pixel_values": pixel_values}
 
@@ -386,7 +479,12 @@ class SegRetImageProcessor(ImageProcessorBase):
             data["labels"] = labels
 
         if do_pad:
+            resized_sizes = [image.shape[1:] for image in data["pixel_values"]]
             data["pixel_values"] = self.pad(data["pixel_values"], pad_size=pad_size, fill_value=IMAGE_PAD_VALUE)
+            # 1 on each image's own pixels, 0 on its padding: the model runs every image at its own size, so padding
+            # does not change the prediction (see `SegRetForSemanticSegmentation.forward`).
+            padded_size = data["pixel_values"][0].shape[1:]
+            data["pixel_mask"] = [self._pixel_mask(resized_size, padded_size) for resized_size in resized_sizes]
             if "labels" in data:
                 padded_labels = self.pad(
                     [label[None] for label in data["labels"]], pad_size=pad_size, fill_value=LABEL_PAD_VALUE
@@ -413,50 +511,88 @@ class SegRetImageProcessor(ImageProcessorBase):
         **kwargs,
     ) -> np.ndarray:
         """
-        Resizes a channels-first (C, H, W) array to `size` (see the class docstring), one channel at a time with
-        Pillow. `uint8` stays `uint8` (rounded, as in OpenCV), integer arrays use `I` mode (use `NEAREST` for labels)
-        and float arrays are resized in float32 without quantisation.
+        Resizes a channels-first (C, H, W) array to `size` (see the class docstring). Float arrays with the default
+        `BILINEAR` filter go through [`resize_bilinear`] (PyTorch's bilinear interpolation without antialiasing, the
+        resize of the evaluation path; a NumPy version of the same formula where torch is not installed). Other
+        filters and integer arrays (segmentation maps, with `NEAREST`) are resized one channel at a time by Pillow.
         """
         resample = PILImageResampling.BILINEAR if resample is None else resample
         height, width = image.shape[-2:]
-        if size.height and size.width:
-            output_size = (size.height, size.width)
-        else:
-            output_size = get_keep_ratio_output_size(height, width, size.shortest_edge, size.longest_edge)
+        output_size = self.resized_size(height, width, size)
         if output_size == (height, width):
             return image
+        if resample == PILImageResampling.BILINEAR and image.dtype.kind == "f":
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            if is_torch_available():
+                return resize_bilinear(torch.from_numpy(image)[None], output_size)[0].numpy()
+            return _resize_bilinear_numpy(image, output_size)
         return np.stack([_resize_plane(plane, output_size, resample) for plane in image])
 
-    def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
-        """Multiplies a channels-first array by `scale` (in float64, returned as float32)."""
-        return rescale(image, scale, data_format=ChannelDimension.FIRST, input_data_format=ChannelDimension.FIRST)
+    def resized_size(self, height: int, width: int, size: SizeDict | dict[str, int] | None = None) -> tuple[int, int]:
+        """(height, width) that `resize` gives an image of `height` x `width`, for `size` (default: `self.size`)."""
+        size = dict(self.size if size is None else size)
+        if size.get("height") and size.get("width"):
+            return size["height"], size["width"]
+        return get_keep_ratio_output_size(height, width, size.get("shortest_edge"), size.get("longest_edge"))
 
-    def normalize(
-        self, image: np.ndarray, mean: float | tuple[float, ...], std: float | tuple[float, ...], **kwargs
+    @staticmethod
+    def _rescale_and_normalize(
+        image: np.ndarray,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
     ) -> np.ndarray:
-        """`(image - mean) / std` per channel of a channels-first array."""
-        return normalize(image, mean, std, data_format=ChannelDimension.FIRST, input_data_format=ChannelDimension.FIRST)
+        """
+        float32 `(image * rescale_factor - mean) / std`. With both steps it is computed on the image's own scale,
+        as `(image - mean / rescale_factor) / (std / rescale_factor)` with the constants formed like
+        `training/evaluate.py` forms them, so the two paths give the same float32 values.
+        """
+        image = image.astype(np.float32)
+        if not do_normalize:
+            return image * np.float32(rescale_factor) if do_rescale else image
+        factor = 1 / rescale_factor if do_rescale else 1.0
+        num_channels = image.shape[0]
+        mean, std = (
+            np.array([float(value) * factor for value in np.broadcast_to(values, (num_channels,))], dtype=np.float32)
+            for values in (image_mean, image_std)
+        )
+        return (image - mean[:, None, None]) / std[:, None, None]
 
     def pad(
-        self, images: list[np.ndarray], pad_size: SizeDict | None = None, fill_value: float = 0, **kwargs
+        self,
+        images: list[np.ndarray],
+        pad_size: SizeDict | dict[str, int] | None = None,
+        fill_value: float = 0,
+        **kwargs,
     ) -> list[np.ndarray]:
-        """Pads channels-first arrays at the bottom and right to `pad_size`, or else to the largest of them."""
+        """Pads (C, H, W) arrays at the bottom and right with `fill_value`, to `pad_size` or else to the largest."""
         if pad_size is not None:
-            target_height, target_width = pad_size.height, pad_size.width
+            pad_size = dict(pad_size)
+            padded_height, padded_width = pad_size["height"], pad_size["width"]
         else:
-            target_height = max(image.shape[-2] for image in images)
-            target_width = max(image.shape[-1] for image in images)
+            padded_height = max(image.shape[-2] for image in images)
+            padded_width = max(image.shape[-1] for image in images)
         padded_images = []
-        for image in images:
+        for index, image in enumerate(images):
             height, width = image.shape[-2:]
-            if height > target_height or width > target_width:
+            if height > padded_height or width > padded_width:
                 raise ValueError(
-                    f"Padding dimensions are negative: pad_size=({target_height}, {target_width}) is smaller than "
-                    f"the image size ({height}, {width})."
+                    f"Padding dimensions are negative: image {index} has size ({height}, {width}) after resizing, "
+                    f"larger than pad_size ({padded_height}, {padded_width})."
                 )
-            padding = ((0, 0), (0, target_height - height), (0, target_width - width))
-            padded_images.append(np.pad(image, padding, mode="constant", constant_values=fill_value))
+            padded = np.full((*image.shape[:-2], padded_height, padded_width), fill_value, dtype=image.dtype)
+            padded[..., :height, :width] = image
+            padded_images.append(padded)
         return padded_images
+
+    @staticmethod
+    def _pixel_mask(image_size: tuple[int, int], padded_size: tuple[int, int]) -> np.ndarray:
+        """int64 (H, W) mask of a padded image: 1 on the image, 0 on the padding (bottom and right)."""
+        mask = np.zeros(padded_size, dtype=np.int64)
+        mask[: image_size[0], : image_size[1]] = 1
+        return mask
 
     def reduce_label(self, label_map: np.ndarray) -> np.ndarray:
         """ADE20K-style label reduction: 0 (unlabelled) -> 255, v -> v - 1, and 255 stays 255."""
@@ -469,36 +605,69 @@ class SegRetImageProcessor(ImageProcessorBase):
         return label_map
 
     def post_process_semantic_segmentation(
-        self, outputs: Any, target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None
-    ) -> "list[torch.Tensor]":
+        self,
+        outputs: Any,
+        target_sizes: "list[tuple[int, int]] | torch.Tensor | None" = None,
+        return_segmentation_scores: bool = False,
+    ) -> "list[torch.Tensor] | list[BatchFeature]":
         """
         Converts the logits of [`SegRetForSemanticSegmentation`] into per-pixel class indices.
+
+        With `target_sizes` the logits are resized as the evaluation path resizes them (`training/evaluate.py`,
+        `inference_segret.segment`): bilinearly (`align_corners=False`) to the size the model was fed, which is
+        recomputed from the target size with this processor's `size`, then to the target size; the padding of a
+        padded batch (`do_pad=True`) is cropped off first. The argmax is taken over a few classes at a time, so a
+        large image needs little memory (see [`semantic_segmentation_from_logits`]). When the target size is not
+        the original image size of the processed image (the logits do not fit the size this processor would have
+        fed the model), the logits are resized to it in one step.
 
         Args:
             outputs ([`SemanticSegmenterOutput`]):
                 Model outputs; only `outputs.logits` of shape (B, num_labels, h, w) is used.
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor` of shape (B, 2), *optional*):
-                The (height, width) of each prediction, normally the original image size. The logits are resized
-                bilinearly (`align_corners=False`) to it before the argmax. Without it the maps stay at the logits'
-                resolution (1/4 of the model input for SegRet).
+                The (height, width) of each prediction: the original image size (the pipeline passes it). Without it
+                the maps stay at the logits' resolution (1/4 of the model input for SegRet).
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Also return the resized logits. Each item is then a `SemanticSegmentationPostProcessorOutput` with
+                `segmentation` (int64, (height, width)) and `segmentation_scores` (float32, (num_labels, height,
+                width)), as transformers' own processors return; the scores take num_labels x height x width floats.
 
         Returns:
-            `list[torch.Tensor]`: one int64 map of shape (height, width) per image.
+            `list[torch.Tensor]` (one int64 map of shape (height, width) per image), or with
+            `return_segmentation_scores=True` a list of `SemanticSegmentationPostProcessorOutput`.
         """
         logits = outputs.logits
-        if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != len(logits):
+        if target_sizes is not None and len(target_sizes) != len(logits):
             raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits.")
-        segmentation_maps = []
-        for image_logits, target_size in zip(logits, target_sizes, strict=True):
-            target_height, target_width = (int(side) for side in target_size)
-            # Upsample in float32: low-precision logits (bf16) would create argmax ties after interpolation.
-            upsampled_logits = F.interpolate(
-                image_logits[None].float(), size=(target_height, target_width), mode="bilinear", align_corners=False
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
+        results = []
+        for index, image_logits in enumerate(logits):
+            image_logits = image_logits[None]
+            input_size = None
+            if target_sizes is not None:
+                target_size = tuple(int(side) for side in target_sizes[index])
+                input_size = target_size if not self.do_resize else self.resized_size(*target_size)
+                logits_size = tuple(math.ceil(side / LOGITS_STRIDE) for side in input_size)
+                if all(valid <= side for valid, side in zip(logits_size, image_logits.shape[-2:])):
+                    image_logits = image_logits[..., : logits_size[0], : logits_size[1]]  # padding cropped off
+                else:
+                    input_size = None  # not the processed image's original size: one resize to the target size
+            if not return_segmentation_scores:
+                output_size = image_logits.shape[-2:] if target_sizes is None else target_size
+                results.append(semantic_segmentation_from_logits(image_logits, output_size, input_size)[0])
+                continue
+            scores = image_logits.float()
+            if target_sizes is not None:
+                scores = resize_bilinear(
+                    scores if input_size is None else resize_bilinear(scores, input_size), target_size
+                )
+            results.append(
+                _SemanticSegmentationOutput(
+                    data={"segmentation": scores[0].argmax(dim=0), "segmentation_scores": scores[0]}
+                )
             )
-            segmentation_maps.append(upsampled_logits[0].argmax(dim=0))
-        return segmentation_maps
+        return results
 
     @staticmethod
     def _split_batch(inputs: Any, name: str, single_ndims: tuple[int, ...], batch_ndims: tuple[int, ...]) -> list[Any]:

@@ -24,7 +24,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .image_processing_segret import get_keep_ratio_output_size, scale_keeping_ratio
+from .image_processing_segret import (
+    get_keep_ratio_output_size,
+    resize_bilinear,
+    scale_keeping_ratio,
+    semantic_segmentation_from_logits,
+)
 
 DEFAULT_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -53,22 +58,28 @@ def rescale_size(height: int, width: int, scale: float | Sequence[float]) -> Siz
 
 
 def resize(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize a (B, C, H, W) tensor; bilinear uses ``align_corners=False`` (as MMSegmentation). No-op at equal size."""
+    """Resize a (B, C, H, W) tensor; bilinear is the image processor's ``resize_bilinear`` (``align_corners=False``,
+    no antialiasing, as MMSegmentation). No-op at equal size."""
+    if mode == "bilinear":
+        return resize_bilinear(x, size)
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[-2:]) == size:
         return x
-    if mode == "bilinear":
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     return F.interpolate(x, size=size, mode=mode)
 
 
-def _logits(model: Callable, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Run the model and return float32 logits at the input's spatial size."""
+def _model_logits(model: Callable, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Run the model and return its float32 logits at the model's own resolution."""
     output = model(pixel_values=pixel_values)
     logits = output.logits if hasattr(output, "logits") else output
     if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
         raise TypeError("the model must return an object with .logits of shape (batch, num_labels, height, width)")
-    return resize(logits.float(), pixel_values.shape[-2:])
+    return logits.float()
+
+
+def _logits(model: Callable, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Run the model and return float32 logits at the input's spatial size."""
+    return resize(_model_logits(model, pixel_values), pixel_values.shape[-2:])
 
 
 def sliding_windows(height: int, width: int, crop_size: int | Sequence[int], stride: int | Sequence[int]) -> list:
@@ -227,11 +238,15 @@ def segment(
     height, width = pixel_values.shape[-2:]
     output_size = (height, width) if output_size is None else (int(output_size[0]), int(output_size[1]))
     if len(scales) == 1 and not flip:
-        # Single pass: argmax of the logits themselves (softmax could only create float ties).
+        # Single pass: the argmax of the logits themselves (softmax could only create float ties), resized to the
+        # input and then to the output size by the image processor's post-processing function, a few classes at a
+        # time: bounded memory at any output size, and the same computation as `pipeline(...)`.
         scaled = resize(pixel_values, _scaled_size(height, width, scales[0], test_scale))
-        scores = _predict(model, scaled, mode, crop_size, stride, output_size, batch_size)
-    else:
-        scores = predict_multi_scale(
-            model, pixel_values, scales, flip, test_scale, output_size, mode, crop_size, stride, batch_size
-        )
+        if mode == "whole":
+            return semantic_segmentation_from_logits(_model_logits(model, scaled), output_size, scaled.shape[-2:])
+        logits = _predict(model, scaled, mode, crop_size, stride, None, batch_size)  # at the input size
+        return semantic_segmentation_from_logits(logits, output_size)
+    scores = predict_multi_scale(
+        model, pixel_values, scales, flip, test_scale, output_size, mode, crop_size, stride, batch_size
+    )
     return scores.argmax(dim=1)

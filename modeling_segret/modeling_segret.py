@@ -642,6 +642,7 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        pixel_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SemanticSegmenterOutput:
         r"""
@@ -652,6 +653,11 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
             input's): the logits are resized bilinearly to it before the cross-entropy.
         output_hidden_states (`bool`, *optional*):
             Also return the backbone's `hidden_states` (stem output and the four normalised stage maps).
+        pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            For images padded at the bottom and right to one size (`SegRetImageProcessor(do_pad=True)`): 1 on each
+            image's pixels, 0 on its padding. Each image then runs at its own size (images of equal size together)
+            and its logits fill the top-left `ceil(h / 4) x ceil(w / 4)` of the padded output (zeros elsewhere), so
+            padding never changes a prediction; post-processing crops it off. Inference only.
 
         Example:
         ```python
@@ -663,12 +669,50 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
         ```"""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if pixel_mask is not None and not bool(pixel_mask.all()):
+            if labels is not None or output_hidden_states:
+                raise ValueError(
+                    "A pixel_mask with padding is for inference: pass labels and output_hidden_states=True only with "
+                    "unpadded images (SegRetImageProcessor(do_pad=False)) or a mask of ones."
+                )
+            return SemanticSegmenterOutput(logits=self.padded_batch_logits(pixel_values, pixel_mask))
         outputs = self.segret(pixel_values, output_hidden_states=True, return_dict=True)
-        logits = self.decode_head(outputs.hidden_states[1:])
+        logits = self.decode_head(outputs.hidden_states[1:])  # channels-last memory, as the convolutions leave it
         loss = self.compute_loss(logits, labels) if labels is not None else None
+        # Channels-first memory for the caller: post-processing, exports and users index the logits by class plane
+        # (one copy of the logits, cheaper than every later operation on strided class planes).
+        logits = logits.contiguous()
         return SemanticSegmenterOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
         )
+
+    def padded_batch_logits(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, ceil(H/4), ceil(W/4)) of a padded batch, each image run at its own (top-left) size."""
+        batch_size, _, height, width = pixel_values.shape
+        if pixel_mask.shape != (batch_size, height, width):
+            raise ValueError(
+                f"pixel_mask must have shape (batch_size, height, width) = {(batch_size, height, width)}, got "
+                f"{tuple(pixel_mask.shape)}."
+            )
+        image_sizes = []
+        for index, mask in enumerate(pixel_mask.bool()):
+            image_size = (int(mask[:, 0].sum()), int(mask[0].sum()))
+            if min(image_size) == 0 or mask.sum() != image_size[0] * image_size[1] or not mask[0, 0]:
+                raise ValueError(
+                    f"pixel_mask of image {index} is not one top-left rectangle of ones (padding at the bottom and "
+                    "right, as SegRetImageProcessor(do_pad=True) makes it)."
+                )
+            image_sizes.append(image_size)
+        logits = None
+        for image_size in dict.fromkeys(image_sizes):
+            indices = [index for index, size in enumerate(image_sizes) if size == image_size]
+            images = pixel_values[indices, :, : image_size[0], : image_size[1]]
+            group_logits = self(images).logits
+            if logits is None:
+                logits_size = (math.ceil(height / 4), math.ceil(width / 4))
+                logits = group_logits.new_zeros((batch_size, group_logits.shape[1], *logits_size))
+            logits[indices, :, : group_logits.shape[2], : group_logits.shape[3]] = group_logits
+        return logits
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the logits resized (bilinear) to the labels' size, ignoring `semantic_loss_ignore_index`.

@@ -14,13 +14,24 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from transformers import pipeline
 
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.inference_segret import rescale_size
 from training.data import build_dataset
-from training.evaluate import colorize, evaluate_segmentation, inference_settings, main, model_variant, save_overlays
+from training.evaluate import (
+    _normalization,
+    _predict_batch,
+    colorize,
+    evaluate_segmentation,
+    inference_settings,
+    main,
+    model_variant,
+    save_overlays,
+)
 from training.metrics import SegmentationMetric
 from training.presets import CITYSCAPES_LABEL_IDS, get_preset
+from training.transforms import EvalTransform
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(64, 128), (64, 128), (48, 80), (40, 40), (64, 128)]  # rows 0 and 1 stack into one batch
@@ -115,6 +126,28 @@ def test_library_functions_match_the_script(setup, tmp_path):
     overlay_settings = {"mode": "slide", "test_scale": (128, 64), "crop_size": (32, 32), "stride": (32, 32)}
     paths = save_overlays(model, dataset, None, tmp_path / "overlays", 2, **overlay_settings)
     assert [p.name for p in paths] == ["00000.png", "00001.png"] and all(p.is_file() for p in paths)
+
+
+def test_pipeline_mask_equals_the_single_scale_prediction(setup):
+    """`pipeline(...)` with a processor sized like the test scale predicts what `evaluate.py --mode ss` predicts:
+    the same normalisation, the same resize of the image and of the logits, bit for bit."""
+    root, images, _ = setup
+    model = SegRetForSemanticSegmentation.from_pretrained(root / "model").eval()
+    processor = SegRetImageProcessor.from_pretrained(root / "model", size={"shortest_edge": 64, "longest_edge": 128})
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+    dataset = build_dataset(
+        "cityscapes", str(root / "city"), transform=EvalTransform(*_normalization(str(root / "model"), False))
+    )
+    settings = inference_settings(get_preset("cityscapes"), "ss", test_scale=(128, 64))
+    for index, image in enumerate(images):
+        item = dataset[index]
+        expected = _predict_batch(
+            model, [item["pixel_values"]], [item["labels"]], settings, torch.device("cpu"), 4, None
+        )
+        predicted = np.full(image.shape[:2], -1)
+        for segment in segmenter(Image.fromarray(image)):
+            predicted[np.asarray(segment["mask"]) > 0] = model.config.label2id[segment["label"]]
+        np.testing.assert_array_equal(predicted, expected[0].numpy())
 
 
 def test_overlay_colours():

@@ -11,12 +11,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.dynamic_module_utils import check_imports, get_relative_imports
 
 from modeling_segret import SegRetConfig
-from modeling_segret.image_processing_segret import SegRetImageProcessor, get_keep_ratio_output_size
+from modeling_segret.image_processing_segret import (
+    SegRetImageProcessor,
+    _resize_bilinear_numpy,
+    get_keep_ratio_output_size,
+    resize_bilinear,
+    semantic_segmentation_from_logits,
+)
 
 PROCESSOR_FILE = Path(__file__).resolve().parents[1] / "modeling_segret" / "image_processing_segret.py"
 MMSEG_MEAN = np.array([123.675, 116.28, 103.53])
@@ -223,16 +230,33 @@ def test_numpy_and_torch_layouts_and_dtypes(processor):
     assert tuple(batch.shape) == (2, 3, 5, 6)
 
 
-def test_resize_keeps_uint8_rounding_and_float_precision(processor):
-    """uint8 images are resized in 8 bit (as MMSegmentation); float images in float32, without quantisation."""
+def test_resize_is_the_evaluation_paths_float_bilinear(processor):
+    """Images are normalised at their own size, then resized in float32 by `resize_bilinear` (PyTorch's bilinear,
+    align_corners=False, no antialiasing), as `inference_segret` resizes them: bit for bit, up and down."""
     image = random_rgb(40, 30)
-    size = {"height": 17, "width": 23}
-    resized_uint8 = raw_pixels(processor, image, do_resize=True, size=size)
-    assert np.array_equal(resized_uint8, np.round(resized_uint8))
-    resized_float = raw_pixels(processor, image.astype(np.float32), do_resize=True, size=size)
-    resized_shifted = raw_pixels(processor, image.astype(np.float32) + 0.25, do_resize=True, size=size)
-    np.testing.assert_allclose(resized_shifted, resized_float + 0.25, atol=1e-3)  # linear, not rounded
-    np.testing.assert_allclose(resized_float, resized_uint8, atol=1.0)
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (MMSEG_MEAN, MMSEG_STD))
+    normalised = (torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std
+    for size in [{"height": 17, "width": 23}, {"height": 97, "width": 61}]:
+        pixel_values = processor(image, size=size, return_tensors="pt")["pixel_values"]
+        expected = F.interpolate(normalised[None], size=(size["height"], size["width"]), mode="bilinear")
+        assert torch.equal(pixel_values, expected)
+        assert torch.equal(pixel_values, resize_bilinear(normalised[None], (size["height"], size["width"])))
+    # Float images are resized without quantisation.
+    resized_float = raw_pixels(processor, image.astype(np.float32), do_resize=True, size={"height": 17, "width": 23})
+    resized_shifted = raw_pixels(
+        processor, image.astype(np.float32) + 0.25, do_resize=True, size={"height": 17, "width": 23}
+    )
+    np.testing.assert_allclose(resized_shifted, resized_float + 0.25, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [((40, 30), (17, 23)), ((7, 9), (50, 13)), ((64, 64), (32, 32)), ((5, 5), (5, 9))]
+)
+def test_numpy_resize_without_torch_matches_torch(source, target):
+    """Where torch is not installed the processor resizes with a NumPy version of the same formula."""
+    image = np.random.default_rng(0).normal(size=(3, *source)).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(image)[None], size=target, mode="bilinear")[0].numpy()
+    np.testing.assert_allclose(_resize_bilinear_numpy(image, target), expected, rtol=0, atol=2e-6)
 
 
 # --- labels ----------------------------------------------------------------------------------------------------
@@ -318,6 +342,68 @@ def test_post_process_semantic_segmentation(processor):
 
     with pytest.raises(ValueError, match="Got 1 target sizes for a batch of 2 logits"):
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(8, 8)])
+
+
+def test_chunked_argmax_equals_the_fully_upsampled_argmax():
+    """A few classes at a time with a running maximum: the argmax of the fully upsampled logits, ties and NaN too."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 11, 7, 9, generator=generator)
+    logits[:, 6] = logits[:, 2]  # exact ties between classes 2 and 6: the first one wins
+    logits[0, 9, 3, 4] = float("nan")  # NaN is the maximum, as in `argmax`
+    for input_size, output_size in [((28, 36), (61, 45)), (None, (13, 17)), ((28, 36), (28, 36))]:
+        expected = logits
+        if input_size is not None:
+            expected = F.interpolate(expected, size=input_size, mode="bilinear")
+        expected = F.interpolate(expected, size=output_size, mode="bilinear").argmax(dim=1)
+        for max_elements in (1, 3 * 2 * 61 * 45, 2**30):  # one class per chunk, three, all at once
+            got = semantic_segmentation_from_logits(
+                logits, output_size, input_size, max_upsampled_elements=max_elements
+            )
+            assert torch.equal(got, expected)
+        channels_last = logits.contiguous(memory_format=torch.channels_last)  # the same for any memory layout
+        assert torch.equal(semantic_segmentation_from_logits(channels_last, output_size, input_size), expected)
+
+
+def test_post_processing_resizes_through_the_model_input_size():
+    """Logits go to the size the processor fed the model, then to the target size (the evaluation path); padding
+    of a padded batch is cropped off first, from the size the processor's own rule gives the target size."""
+    processor = SegRetImageProcessor(size={"shortest_edge": 32, "longest_edge": 96})
+    logits = torch.randn(1, 5, 8, 11)  # a 30 x 41 model input: ceil(30 / 4) x ceil(41 / 4)
+    expected_scores = F.interpolate(
+        F.interpolate(logits, size=(32, 41), mode="bilinear"), size=(47, 60), mode="bilinear"
+    )
+    assert processor.resized_size(47, 60) == (32, 41)
+    outputs = SimpleNamespace(logits=logits)
+    (segmentation,) = processor.post_process_semantic_segmentation(outputs, target_sizes=[(47, 60)])
+    assert torch.equal(segmentation, expected_scores[0].argmax(dim=0))
+    # In a batch padded to 64 x 64 the logits are 16 x 16; the rows and columns past 8 x 11 are padding.
+    padded = torch.full((1, 5, 16, 16), 100.0)
+    padded[..., :8, :11] = logits
+    (from_padded,) = processor.post_process_semantic_segmentation(SimpleNamespace(logits=padded), [(47, 60)])
+    assert torch.equal(from_padded, segmentation)
+    # Without resizing in the processor the target size is the model input size.
+    no_resize = SegRetImageProcessor(do_resize=False)
+    (segmentation,) = no_resize.post_process_semantic_segmentation(outputs, target_sizes=torch.tensor([[32, 41]]))
+    assert torch.equal(segmentation, F.interpolate(logits, size=(32, 41), mode="bilinear")[0].argmax(dim=0))
+
+
+def test_return_segmentation_scores(processor):
+    """transformers >= 5.x's argument: each item has `segmentation` and `segmentation_scores` (the resized logits)."""
+    logits = torch.randn(2, 5, 6, 7)
+    outputs = SimpleNamespace(logits=logits)
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(13, 11), (6, 9)])
+    results = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[(13, 11), (6, 9)], return_segmentation_scores=True
+    )
+    for index, (result, segmentation_map, size) in enumerate(zip(results, maps, [(13, 11), (6, 9)], strict=True)):
+        assert set(result.keys()) == {"segmentation", "segmentation_scores"}
+        assert torch.equal(result.segmentation, segmentation_map)
+        assert tuple(result.segmentation_scores.shape) == (5, *size)
+        expected = F.interpolate(logits[index : index + 1], size=size, mode="bilinear")[0]
+        torch.testing.assert_close(result["segmentation_scores"], expected, rtol=0, atol=0)
+    at_logits_size = processor.post_process_semantic_segmentation(outputs, return_segmentation_scores=True)
+    assert torch.equal(at_logits_size[1].segmentation_scores, logits[1])
+    assert torch.equal(at_logits_size[1].segmentation, logits[1].argmax(dim=0))
 
 
 def test_no_panoptic_or_instance_post_processing(processor):
