@@ -14,6 +14,8 @@ CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, u
   compile   SegRet-Tiny eager vs `torch.compile`
   train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
   memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
+  highres   (only when named) the four variants vs SegFormer-B1/B2/B3 matched by parameters at 512², 1024²,
+            1024×2048 and 2048²: time and peak memory; its own BENCHMARKS.md section (also in the GPU suite)
 GPU parts (`--device cuda`, bfloat16, batch 16): throughput of the four variants and SegFormer-B1, the backbone vs
 the official formulation, a training step, peak GPU memory.
 
@@ -26,6 +28,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -60,12 +63,23 @@ NUM_LABELS = 150
 MATMUL_SIZES = {"cpu": (2048, 2048, 4096), "cuda": (8192, 8192, 8192)}
 
 
-def segformer_b1() -> SegformerForSemanticSegmentation:
-    """transformers' SegFormer-B1 (random weights), the comparison model of the issue: 13.7M parameters."""
+# (encoder depths, decoder width) of the released SegFormer configs (nvidia/mit-b1..b3 and their ADE20K fine-tunes);
+# all three have hidden sizes [64, 128, 320, 512]. 150 classes: B1 13.7M, B2 27.5M, B3 47.3M parameters.
+SEGFORMER_SIZES = {"B1": ([2, 2, 2, 2], 256), "B2": ([3, 4, 6, 3], 768), "B3": ([3, 4, 18, 3], 768)}
+
+
+def segformer(size: str) -> SegformerForSemanticSegmentation:
+    """transformers' SegFormer-B1/B2/B3 (random weights)."""
+    depths, decoder_hidden_size = SEGFORMER_SIZES[size]
     config = SegformerConfig(
-        hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], decoder_hidden_size=256, num_labels=NUM_LABELS
+        hidden_sizes=[64, 128, 320, 512], depths=depths, decoder_hidden_size=decoder_hidden_size, num_labels=NUM_LABELS
     )
     return SegformerForSemanticSegmentation(config)
+
+
+def segformer_b1() -> SegformerForSemanticSegmentation:
+    """transformers' SegFormer-B1 (random weights), the comparison model of the issue: 13.7M parameters."""
+    return segformer("B1")
 
 
 def segret(variant: str) -> SegRetForSemanticSegmentation:
@@ -457,7 +471,7 @@ def resident_memory_gib() -> tuple[float, float]:
 def memory_child(name: str, height: int, width: int) -> None:
     """Runs in a fresh process: one whole-image forward; prints resident memory (GiB) and time as JSON."""
     torch.manual_seed(0)
-    model = MEMORY_MODELS[name]().eval()
+    model = {**MEMORY_MODELS, **HIGHRES_MODELS}[name]().eval()
     if name.endswith("dense global mask"):
         segret_modeling.SegRetRelativePosition.max_dense_mask_elements = float("inf")
     pixel_values = torch.randn(1, 3, height, width)
@@ -487,6 +501,160 @@ def part_memory(args, matmul) -> list[Row]:
             row.target, row.met = "≤ 2 GB", report["peak"] * 2**30 <= 2e9
         rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# High resolution (CPU and GPU suites): the four variants vs SegFormer matched by parameters
+
+
+HIGHRES_MODELS = {f"SegRet-{variant.capitalize()}": functools.partial(segret, variant) for variant in VARIANTS}
+HIGHRES_MODELS.update({f"SegFormer-{size}": functools.partial(segformer, size) for size in SEGFORMER_SIZES})
+# Each variant against the SegFormer nearest in parameters among B1-B3 (Large has 96.4M, B3 47.3M: no closer peer
+# in the issue's set; B5, 84.7M, would be the match).
+HIGHRES_PEERS = {
+    "SegRet-Tiny": "SegFormer-B1",
+    "SegRet-Small": "SegFormer-B2",
+    "SegRet-Base": "SegFormer-B3",
+    "SegRet-Large": "SegFormer-B3",
+}
+HIGHRES_SIZES = ((512, 512), (1024, 1024), (1024, 2048), (2048, 2048))
+HIGHRES_QUICK_SIZES = ((64, 64), (64, 128))
+
+
+def highres_rounds(args, height: int, width: int) -> int:
+    """On the CPU, rounds in inverse proportion to the pixels (about equal time per size, at least one): `--rounds`
+    at 512², 9 by default -> 9, 2, 1, 1. One round at 2048² takes minutes on 2 cores."""
+    if args.device.type == "cuda" or args.quick:
+        return args.rounds
+    return max(1, round(args.rounds * 512 * 512 / (height * width)))
+
+
+def cpu_peak_memory(name: str, height: int, width: int, threads: int) -> tuple[float, float]:
+    """(peak, growth over the loaded model) resident GiB of one forward in a fresh process (see `memory_child`)."""
+    command = [sys.executable, __file__, "--memory-child", name, "--size", str(height), str(width)]
+    command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory child {name} {height}×{width} failed:\n{result.stderr[-3000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return report["peak"], report["peak"] - report["before"]
+
+
+def gpu_peak_memory(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[float, float] | None:
+    """(peak allocated GiB counting this model's weights, growth over all loaded weights) of one forward; None if
+    it runs out of memory."""
+    torch.cuda.synchronize(pixel_values.device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(pixel_values.device)
+    before = torch.cuda.memory_allocated(pixel_values.device)
+    try:
+        inference(model, pixel_values)()
+        torch.cuda.synchronize(pixel_values.device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+    growth = (torch.cuda.max_memory_allocated(pixel_values.device) - before) / 2**30
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()) / 2**30
+    return weights + growth, growth
+
+
+def part_highres(args, matmul) -> list[Row]:
+    """All models at each size (and batch size on a GPU): interleaved rounds with the matmul reference, each
+    variant's time ratio to its peer per round; peak memory of one forward per model (CPU: a fresh process each)."""
+    sizes = HIGHRES_QUICK_SIZES if args.quick else HIGHRES_SIZES
+    on_gpu = args.suite == "gpu"
+    batch_sizes = ((2,) if args.quick else (1, 16)) if on_gpu else (1,)
+    precision = str(args.dtype).removeprefix("torch.")
+    models = {name: build().to(args.device, args.dtype).eval() for name, build in HIGHRES_MODELS.items()}
+    parameters = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    rows = []
+    for batch_size in batch_sizes:
+        for height, width in sizes:
+            group = f"{height}×{width}, batch {batch_size}, {precision}"
+            pixel_values = torch.randn(batch_size, 3, height, width, device=args.device, dtype=args.dtype)
+            start = time.perf_counter()
+            # --quick: fresh processes (seconds of start-up each) for the Tiny pair at the last size only.
+            quick_memory = ("SegRet-Tiny", "SegFormer-B1") if (height, width) == sizes[-1] else ()
+            memory = {}
+            for name, model in models.items():
+                if args.device.type == "cuda":
+                    memory[name] = gpu_peak_memory(model, pixel_values)
+                elif not on_gpu and (not args.quick or name in quick_memory):
+                    memory[name] = cpu_peak_memory(name, height, width, args.threads)
+            # Models that ran out of GPU memory are left out of the rounds.
+            runnable = [name for name in models if not (args.device.type == "cuda" and memory[name] is None)]
+            contenders = [Contender(name, inference(models[name], pixel_values)) for name in runnable]
+            rounds = highres_rounds(args, height, width)
+            times = interleaved(contenders + [matmul], rounds, 1, args.device)
+            for name in models:
+                row = Row(group, name, 1e3 * statistics.median(times[name]) if name in times else float("nan"))
+                row.note = f"{parameters[name] / 1e6:.1f}M parameters"
+                row.extra = {"height": height, "width": width, "batch_size": batch_size, "rounds": rounds}
+                row.extra["parameters"] = parameters[name]
+                peer = HIGHRES_PEERS.get(name)
+                if peer and name in times and peer in times:
+                    row.ratio = statistics.median(a / b for a, b in zip(times[name], times[peer]))
+                    row.reference = peer
+                if name in memory and memory[name] is None:
+                    row.memory, row.note = "out of memory", row.note + "; out of GPU memory, not timed"
+                elif name in memory:
+                    peak, growth = memory[name]
+                    row.memory = f"{peak:.2f} GiB peak (+{growth:.2f})"
+                    row.extra["peak_memory_gib"] = peak
+                rows.append(row)
+            rows.append(Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]), note="load gauge"))
+            print(f"[highres {group}: {time.perf_counter() - start:.0f} s]\n{format_table(rows)}", file=sys.stderr)
+            if args.device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def format_crossover(rows: list[Row]) -> str:
+    """Each variant ÷ its peer per size, time and peak memory, and where the time ratio crosses 1."""
+    sizes = list(
+        dict.fromkeys((row.extra["batch_size"], row.extra["height"], row.extra["width"]) for row in rows if row.extra)
+    )
+    by_key = {
+        (row.name, row.extra["batch_size"], row.extra["height"], row.extra["width"]): row for row in rows if row.extra
+    }
+    header = ["variant ÷ peer (parameters)", "measure"] + [f"{h}×{w}, batch {b}" for b, h, w in sizes]
+    lines = ["| " + " | ".join(header + ["crossover (time)"]) + " |", "|" + "---|" * (len(header) + 1)]
+    for name, peer in HIGHRES_PEERS.items():
+        own_rows = [by_key.get((name, *size)) for size in sizes]
+        peer_rows = [by_key.get((peer, *size)) for size in sizes]
+        if not all(own_rows):
+            continue
+        millions = [row.extra["parameters"] / 1e6 for row in (own_rows[0], peer_rows[0])]
+        label = f"{name} ({millions[0]:.1f}M) ÷ {peer} ({millions[1]:.1f}M)"
+        time_ratios = [row.ratio for row in own_rows]
+        memory_ratios = [
+            own.extra["peak_memory_gib"] / other.extra["peak_memory_gib"]
+            if "peak_memory_gib" in own.extra and "peak_memory_gib" in other.extra
+            else None
+            for own, other in zip(own_rows, peer_rows)
+        ]
+        cells = [f"{ratio:.2f}" if ratio is not None else "" for ratio in time_ratios]
+        lines.append(f"| {label} | time | " + " | ".join(cells) + f" | {crossover(time_ratios, sizes)} |")
+        cells = [f"{ratio:.2f}" if ratio is not None else "" for ratio in memory_ratios]
+        lines.append("| | peak memory | " + " | ".join(cells) + " | |")
+    return "\n".join(lines)
+
+
+def crossover(ratios: list[float | None], sizes: list[tuple[int, int, int]]) -> str:
+    """Where a variant ÷ peer time ratio changes side of 1, in words."""
+    measured = [(ratio, f"{h}×{w}, batch {b}") for ratio, (b, h, w) in zip(ratios, sizes) if ratio is not None]
+    if not measured:
+        return "not measured"
+    if all(ratio <= 1 for ratio, _ in measured):
+        return "faster at every size"
+    if all(ratio > 1 for ratio, _ in measured):
+        return "slower at every size"
+    changes = [
+        f"{'slower' if ratio > 1 else 'faster'} from {size}"
+        for (previous, _), (ratio, size) in zip(measured, measured[1:])
+        if (previous > 1) != (ratio > 1)
+    ]
+    return f"{'faster' if measured[0][0] <= 1 else 'slower'} at {measured[0][1]}, " + ", ".join(changes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -612,9 +780,18 @@ SUITES = {
         "compile": (part_compile, {}),
         "train": (part_train, {}),
         "memory": (part_memory, {}),
+        "highres": (part_highres, {}),
     },
-    "gpu": {"throughput": (part_throughput, {}), "backbone": (part_backbone, {}), "train": (part_train, {})},
+    "gpu": {
+        "throughput": (part_throughput, {}),
+        "backbone": (part_backbone, {}),
+        "train": (part_train, {}),
+        "highres": (part_highres, {}),
+    },
 }
+# Parts that run only when named in --parts (they take about 15 minutes) and write their own BENCHMARKS.md section,
+# with the summary that this function formats above their table.
+OWN_SECTION_PARTS = {"highres": format_crossover}
 
 
 def run_part_in_fresh_process(part: str, argv: list[str], environment: dict) -> list[Row]:
@@ -654,7 +831,7 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device is available")
     args.suite = args.suite or ("cpu" if args.device.type == "cpu" else "gpu")
     runners = SUITES[args.suite]
-    parts = args.parts or list(runners)
+    parts = args.parts or [part for part in runners if part not in OWN_SECTION_PARTS]
     if unknown := set(parts) - set(runners):
         raise SystemExit(f"unknown parts for the {args.suite} suite: {sorted(unknown)}; choose from {list(runners)}")
     args.rounds = args.rounds or (1 if args.quick else (9 if args.suite == "cpu" else 10))
@@ -673,16 +850,27 @@ def main() -> None:
     child_argv += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     rows = []
     for part in parts:
-        start = time.perf_counter()
+        start, load_before = time.perf_counter(), os.getloadavg()
         _, environment = runners[part]
         part_rows = run_part_in_fresh_process(part, child_argv, environment)
         print(f"[{part}: {time.perf_counter() - start:.0f} s]\n{format_table(part_rows)}", file=sys.stderr)
-        rows += part_rows
+        if part not in OWN_SECTION_PARTS:
+            rows += part_rows
+            continue
+        load = f"- load average before the part: {', '.join(f'{value:.2f}' for value in load_before)}"
+        body = f"### {args.suite.upper()}: {part}\n\n{machine_description(args)}\n{load}\n\n"
+        body += f"{OWN_SECTION_PARTS[part](part_rows)}\n\n{format_table(part_rows)}"
+        print(body)
+        if not args.quick:
+            write_section(args.output, f"{args.suite}-{part}", body)
 
-    body = f"## {args.suite.upper()}\n\n{machine_description(args)}\n\n{format_targets(rows)}\n\n{format_table(rows)}"
-    print(body)
-    if not args.quick:
-        write_section(args.output, args.suite, body)
+    if rows:
+        body = (
+            f"## {args.suite.upper()}\n\n{machine_description(args)}\n\n{format_targets(rows)}\n\n{format_table(rows)}"
+        )
+        print(body)
+        if not args.quick:
+            write_section(args.output, args.suite, body)
 
 
 if __name__ == "__main__":
