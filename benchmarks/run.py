@@ -602,7 +602,8 @@ def part_highres(args, matmul) -> list[Row]:
                     row.memory = f"{peak:.2f} GiB peak (+{growth:.2f})"
                     row.extra["peak_memory_gib"] = peak
                 rows.append(row)
-            rows.append(Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]), note="load gauge"))
+            matmul_note = "load gauge: about 100 ms on this CPU when it is quiet" if args.device.type == "cpu" else ""
+            rows.append(Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]), note=matmul_note))
             print(f"[highres {group}: {time.perf_counter() - start:.0f} s]\n{format_table(rows)}", file=sys.stderr)
             if args.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -611,12 +612,13 @@ def part_highres(args, matmul) -> list[Row]:
 
 def format_crossover(rows: list[Row]) -> str:
     """Each variant ÷ its peer per size, time and peak memory, and where the time ratio crosses 1."""
-    sizes = list(
-        dict.fromkeys((row.extra["batch_size"], row.extra["height"], row.extra["width"]) for row in rows if row.extra)
-    )
-    by_key = {
-        (row.name, row.extra["batch_size"], row.extra["height"], row.extra["width"]): row for row in rows if row.extra
-    }
+    measured = [row for row in rows if row.extra]  # not the matmul reference
+
+    def size_key(row: Row) -> tuple[int, int, int]:
+        return row.extra["batch_size"], row.extra["height"], row.extra["width"]
+
+    sizes = list(dict.fromkeys(size_key(row) for row in measured))
+    by_key = {(row.name, *size_key(row)): row for row in measured}
     header = ["variant ÷ peer (parameters)", "measure"] + [f"{h}×{w}, batch {b}" for b, h, w in sizes]
     lines = ["| " + " | ".join(header + ["crossover (time)"]) + " |", "|" + "---|" * (len(header) + 1)]
     for name, peer in HIGHRES_PEERS.items():
@@ -637,7 +639,9 @@ def format_crossover(rows: list[Row]) -> str:
         lines.append(f"| {label} | time | " + " | ".join(cells) + f" | {crossover(time_ratios, sizes)} |")
         cells = [f"{ratio:.2f}" if ratio is not None else "" for ratio in memory_ratios]
         lines.append("| | peak memory | " + " | ".join(cells) + " | |")
-    return "\n".join(lines)
+    rounds = {size_key(row): row.extra["rounds"] for row in measured}
+    rounds_text = ", ".join(f"{h}×{w}, batch {b}: {rounds[b, h, w]}" for b, h, w in sizes)
+    return "\n".join(lines) + f"\n\nTimed rounds (after one warm-up round): {rounds_text}."
 
 
 def crossover(ratios: list[float | None], sizes: list[tuple[int, int, int]]) -> str:
