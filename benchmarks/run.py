@@ -523,7 +523,7 @@ HIGHRES_QUICK_SIZES = ((64, 64), (64, 128))
 
 def highres_rounds(args, height: int, width: int) -> int:
     """On the CPU, rounds in inverse proportion to the pixels (about equal time per size, at least one): `--rounds`
-    at 512², 9 by default -> 9, 2, 1, 1. One round at 2048² takes minutes on 2 cores."""
+    at 512², 9 by default -> 9, 2, 1, 1 (one round at 2048² runs all seven models at 16× the pixels of 512²)."""
     if args.device.type == "cuda" or args.quick:
         return args.rounds
     return max(1, round(args.rounds * 512 * 512 / (height * width)))
@@ -793,8 +793,8 @@ SUITES = {
         "highres": (part_highres, {}),
     },
 }
-# Parts that run only when named in --parts (they take about 15 minutes) and write their own BENCHMARKS.md section,
-# with the summary that this function formats above their table.
+# Parts that run only when named in --parts (long: minutes per size on a 2-core CPU) and write their own
+# BENCHMARKS.md section, with the summary that this function formats above their table.
 OWN_SECTION_PARTS = {"highres": format_crossover}
 
 
