@@ -13,12 +13,14 @@ CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, u
   levers    SegRet-Tiny with one speed lever undone at a time
   compile   SegRet-Tiny eager vs `torch.compile` (inductor): inference, and a training step at batch 2
   onnx      onnxruntime (CPU) vs eager PyTorch, SegRet-Tiny and SegFormer-B1 (needs the `export` extra)
-  highres   SegRet-Tiny vs SegFormer-B1 at 1024×2048 (Tiny's quadratic global stage 3 at 8192 tokens)
+  global-stage  SegRet-Tiny vs SegFormer-B1 at 1024×2048 (Tiny's quadratic global stage 3 at 8192 tokens)
   train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
   memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
   pipeline  time per image of transformers' image-segmentation pipeline, SegRet-Tiny vs SegFormer-B1, 512² and
             1024×2048 photos; post-processing alone before / now
   postprocess-memory  peak memory of post-processing one 3000×2000 photo with 150 classes, before / now
+  highres   (only when named) the four variants vs SegFormer-B1/B2/B3 matched by parameters at 512², 1024²,
+            1024×2048 and 2048²: time and peak memory; its own BENCHMARKS.md section (also in the GPU suite)
 GPU parts (`--device cuda`, bfloat16, batch 16): throughput of the four variants and SegFormer-B1, the backbone vs
 the official formulation, a training step, peak GPU memory.
 
@@ -31,6 +33,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -57,7 +60,6 @@ from transformers.modeling_outputs import SemanticSegmenterOutput  # noqa: E402
 from benchmarks.official_rmt import OfficialRMTBackbone, OfficialSegRet  # noqa: E402
 from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config  # noqa: E402
 
-CPU_PARTS = ("model", "backbone", "variants", "levers", "compile", "onnx", "highres", "train", "memory")
 GPU_PARTS = ("throughput", "backbone", "train")
 VARIANTS = ("tiny", "small", "base", "large")
 NUM_LABELS = 150
@@ -65,12 +67,23 @@ NUM_LABELS = 150
 MATMUL_SIZES = {"cpu": (2048, 2048, 4096), "cuda": (8192, 8192, 8192)}
 
 
-def segformer_b1() -> SegformerForSemanticSegmentation:
-    """transformers' SegFormer-B1 (random weights), the comparison model of the issue: 13.7M parameters."""
+# (encoder depths, decoder width) of the released SegFormer configs (nvidia/mit-b1..b3 and their ADE20K fine-tunes);
+# all three have hidden sizes [64, 128, 320, 512]. 150 classes: B1 13.7M, B2 27.5M, B3 47.3M parameters.
+SEGFORMER_SIZES = {"B1": ([2, 2, 2, 2], 256), "B2": ([3, 4, 6, 3], 768), "B3": ([3, 4, 18, 3], 768)}
+
+
+def segformer(size: str) -> SegformerForSemanticSegmentation:
+    """transformers' SegFormer-B1/B2/B3 (random weights)."""
+    depths, decoder_hidden_size = SEGFORMER_SIZES[size]
     config = SegformerConfig(
-        hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], decoder_hidden_size=256, num_labels=NUM_LABELS
+        hidden_sizes=[64, 128, 320, 512], depths=depths, decoder_hidden_size=decoder_hidden_size, num_labels=NUM_LABELS
     )
     return SegformerForSemanticSegmentation(config)
+
+
+def segformer_b1() -> SegformerForSemanticSegmentation:
+    """transformers' SegFormer-B1 (random weights), the comparison model of the issue: 13.7M parameters."""
+    return segformer("B1")
 
 
 def segret(variant: str) -> SegRetForSemanticSegmentation:
@@ -481,7 +494,7 @@ def part_onnx(args, matmul) -> list[Row]:
     return rows
 
 
-def part_highres(args, matmul) -> list[Row]:
+def part_global_stage(args, matmul) -> list[Row]:
     """SegRet-Tiny vs SegFormer-B1 at the Cityscapes test size, 1024×2048, batch 1 (Tiny's global stage 3 attends
     over 8192 tokens)."""
     height, width = (128, 256) if args.quick else (1024, 2048)
@@ -554,7 +567,7 @@ def resident_memory_gib() -> tuple[float, float]:
 def memory_child(name: str, height: int, width: int) -> None:
     """Runs in a fresh process: one whole-image forward; prints resident memory (GiB) and time as JSON."""
     torch.manual_seed(0)
-    model = MEMORY_MODELS[name]().eval()
+    model = {**MEMORY_MODELS, **HIGHRES_MODELS}[name]().eval()
     pixel_values = torch.randn(1, 3, height, width)
     before, _ = resident_memory_gib()
     start = time.perf_counter()
@@ -701,6 +714,163 @@ def part_postprocess_memory(args, matmul) -> list[Row]:
     return rows
 
 
+# High resolution (CPU and GPU suites): the four variants vs SegFormer matched by parameters
+
+
+HIGHRES_MODELS = {f"SegRet-{variant.capitalize()}": functools.partial(segret, variant) for variant in VARIANTS}
+HIGHRES_MODELS.update({f"SegFormer-{size}": functools.partial(segformer, size) for size in SEGFORMER_SIZES})
+# Each variant against the SegFormer nearest in parameters among B1-B3 (Large has 96.4M, B3 47.3M: no closer peer
+# in the issue's set; B5, 84.7M, would be the match).
+HIGHRES_PEERS = {
+    "SegRet-Tiny": "SegFormer-B1",
+    "SegRet-Small": "SegFormer-B2",
+    "SegRet-Base": "SegFormer-B3",
+    "SegRet-Large": "SegFormer-B3",
+}
+HIGHRES_SIZES = ((512, 512), (1024, 1024), (1024, 2048), (2048, 2048))
+HIGHRES_QUICK_SIZES = ((64, 64), (64, 128))
+
+
+def highres_rounds(args, height: int, width: int) -> int:
+    """On the CPU, rounds in inverse proportion to the pixels (about equal time per size, at least one): `--rounds`
+    at 512², 9 by default -> 9, 2, 1, 1 (one round at 2048² runs all seven models at 16× the pixels of 512²)."""
+    if args.device.type == "cuda" or args.quick:
+        return args.rounds
+    return max(1, round(args.rounds * 512 * 512 / (height * width)))
+
+
+def cpu_peak_memory(name: str, height: int, width: int, threads: int) -> tuple[float, float]:
+    """(peak, growth over the loaded model) resident GiB of one forward in a fresh process (see `memory_child`)."""
+    command = [sys.executable, __file__, "--memory-child", name, "--size", str(height), str(width)]
+    command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory child {name} {height}×{width} failed:\n{result.stderr[-3000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return report["peak"], report["peak"] - report["before"]
+
+
+def gpu_peak_memory(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[float, float] | None:
+    """(peak allocated GiB counting this model's weights, growth over all loaded weights) of one forward; None if
+    it runs out of memory."""
+    torch.cuda.synchronize(pixel_values.device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(pixel_values.device)
+    before = torch.cuda.memory_allocated(pixel_values.device)
+    try:
+        inference(model, pixel_values)()
+        torch.cuda.synchronize(pixel_values.device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+    growth = (torch.cuda.max_memory_allocated(pixel_values.device) - before) / 2**30
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()) / 2**30
+    return weights + growth, growth
+
+
+def part_highres(args, matmul) -> list[Row]:
+    """All models at each size (and batch size on a GPU): interleaved rounds with the matmul reference, each
+    variant's time ratio to its peer per round; peak memory of one forward per model (CPU: a fresh process each)."""
+    sizes = HIGHRES_QUICK_SIZES if args.quick else HIGHRES_SIZES
+    on_gpu = args.suite == "gpu"
+    batch_sizes = ((2,) if args.quick else (1, 16)) if on_gpu else (1,)
+    precision = str(args.dtype).removeprefix("torch.")
+    models = {name: build().to(args.device, args.dtype).eval() for name, build in HIGHRES_MODELS.items()}
+    parameters = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    rows = []
+    for batch_size in batch_sizes:
+        for height, width in sizes:
+            group = f"{height}×{width}, batch {batch_size}, {precision}"
+            pixel_values = torch.randn(batch_size, 3, height, width, device=args.device, dtype=args.dtype)
+            start = time.perf_counter()
+            # --quick: fresh processes (seconds of start-up each) for the Tiny pair at the last size only.
+            quick_memory = ("SegRet-Tiny", "SegFormer-B1") if (height, width) == sizes[-1] else ()
+            memory = {}
+            for name, model in models.items():
+                if args.device.type == "cuda":
+                    memory[name] = gpu_peak_memory(model, pixel_values)
+                elif not on_gpu and (not args.quick or name in quick_memory):
+                    memory[name] = cpu_peak_memory(name, height, width, args.threads)
+            # Models that ran out of GPU memory are left out of the rounds.
+            runnable = [name for name in models if not (args.device.type == "cuda" and memory[name] is None)]
+            contenders = [Contender(name, inference(models[name], pixel_values)) for name in runnable]
+            rounds = highres_rounds(args, height, width)
+            times = interleaved(contenders + [matmul], rounds, 1, args.device)
+            for name in models:
+                row = Row(group, name, 1e3 * statistics.median(times[name]) if name in times else float("nan"))
+                row.note = f"{parameters[name] / 1e6:.1f}M parameters"
+                row.extra = {"height": height, "width": width, "batch_size": batch_size, "rounds": rounds}
+                row.extra["parameters"] = parameters[name]
+                peer = HIGHRES_PEERS.get(name)
+                if peer and name in times and peer in times:
+                    row.ratio = statistics.median(a / b for a, b in zip(times[name], times[peer]))
+                    row.reference = peer
+                if name in memory and memory[name] is None:
+                    row.memory, row.note = "out of memory", row.note + "; out of GPU memory, not timed"
+                elif name in memory:
+                    peak, growth = memory[name]
+                    row.memory = f"{peak:.2f} GiB peak (+{growth:.2f})"
+                    row.extra["peak_memory_gib"] = peak
+                rows.append(row)
+            matmul_note = "load gauge: about 100 ms on this CPU when it is quiet" if args.device.type == "cpu" else ""
+            rows.append(Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]), note=matmul_note))
+            print(f"[highres {group}: {time.perf_counter() - start:.0f} s]\n{format_table(rows)}", file=sys.stderr)
+            if args.device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def format_crossover(rows: list[Row]) -> str:
+    """Each variant ÷ its peer per size, time and peak memory, and where the time ratio crosses 1."""
+    measured = [row for row in rows if row.extra]  # not the matmul reference
+
+    def size_key(row: Row) -> tuple[int, int, int]:
+        return row.extra["batch_size"], row.extra["height"], row.extra["width"]
+
+    sizes = list(dict.fromkeys(size_key(row) for row in measured))
+    by_key = {(row.name, *size_key(row)): row for row in measured}
+    header = ["variant ÷ peer (parameters)", "measure"] + [f"{h}×{w}, batch {b}" for b, h, w in sizes]
+    lines = ["| " + " | ".join(header + ["crossover (time)"]) + " |", "|" + "---|" * (len(header) + 1)]
+    for name, peer in HIGHRES_PEERS.items():
+        own_rows = [by_key.get((name, *size)) for size in sizes]
+        peer_rows = [by_key.get((peer, *size)) for size in sizes]
+        if not all(own_rows):
+            continue
+        millions = [row.extra["parameters"] / 1e6 for row in (own_rows[0], peer_rows[0])]
+        label = f"{name} ({millions[0]:.1f}M) ÷ {peer} ({millions[1]:.1f}M)"
+        time_ratios = [row.ratio for row in own_rows]
+        memory_ratios = [
+            own.extra["peak_memory_gib"] / other.extra["peak_memory_gib"]
+            if "peak_memory_gib" in own.extra and "peak_memory_gib" in other.extra
+            else None
+            for own, other in zip(own_rows, peer_rows)
+        ]
+        cells = [f"{ratio:.2f}" if ratio is not None else "" for ratio in time_ratios]
+        lines.append(f"| {label} | time | " + " | ".join(cells) + f" | {crossover(time_ratios, sizes)} |")
+        cells = [f"{ratio:.2f}" if ratio is not None else "" for ratio in memory_ratios]
+        lines.append("| | peak memory | " + " | ".join(cells) + " | |")
+    rounds = {size_key(row): row.extra["rounds"] for row in measured}
+    rounds_text = ", ".join(f"{h}×{w}, batch {b}: {rounds[b, h, w]}" for b, h, w in sizes)
+    return "\n".join(lines) + f"\n\nTimed rounds (after one warm-up round): {rounds_text}."
+
+
+def crossover(ratios: list[float | None], sizes: list[tuple[int, int, int]]) -> str:
+    """Where a variant ÷ peer time ratio changes side of 1, in words."""
+    measured = [(ratio, f"{h}×{w}, batch {b}") for ratio, (b, h, w) in zip(ratios, sizes) if ratio is not None]
+    if not measured:
+        return "not measured"
+    if all(ratio <= 1 for ratio, _ in measured):
+        return "faster at every size"
+    if all(ratio > 1 for ratio, _ in measured):
+        return "slower at every size"
+    changes = [
+        f"{'slower' if ratio > 1 else 'faster'} from {size}"
+        for (previous, _), (ratio, size) in zip(measured, measured[1:])
+        if (previous > 1) != (ratio > 1)
+    ]
+    return f"{'faster' if measured[0][0] <= 1 else 'slower'} at {measured[0][1]}, " + ", ".join(changes)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # GPU parts (bfloat16, batch 16)
 
@@ -823,14 +993,23 @@ SUITES = {
         "levers": (part_levers, {}),
         "compile": (part_compile, {}),
         "onnx": (part_onnx, {}),
-        "highres": (part_highres, {}),
+        "global-stage": (part_global_stage, {}),
         "train": (part_train, {}),
         "memory": (part_memory, {}),
         "pipeline": (part_pipeline, {}),
         "postprocess-memory": (part_postprocess_memory, {}),
+        "highres": (part_highres, {}),
     },
-    "gpu": {"throughput": (part_throughput, {}), "backbone": (part_backbone, {}), "train": (part_train, {})},
+    "gpu": {
+        "throughput": (part_throughput, {}),
+        "backbone": (part_backbone, {}),
+        "train": (part_train, {}),
+        "highres": (part_highres, {}),
+    },
 }
+# Parts that run only when named in --parts (long: minutes per size on a 2-core CPU) and write their own
+# BENCHMARKS.md section, with the summary that this function formats above their table.
+OWN_SECTION_PARTS = {"highres": format_crossover}
 
 
 def run_part_in_fresh_process(part: str, argv: list[str], environment: dict) -> list[Row]:
@@ -874,7 +1053,7 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device is available")
     args.suite = args.suite or ("cpu" if args.device.type == "cpu" else "gpu")
     runners = SUITES[args.suite]
-    parts = args.parts or list(runners)
+    parts = args.parts or [part for part in runners if part not in OWN_SECTION_PARTS]
     if unknown := set(parts) - set(runners):
         raise SystemExit(f"unknown parts for the {args.suite} suite: {sorted(unknown)}; choose from {list(runners)}")
     args.rounds = args.rounds or (1 if args.quick else (9 if args.suite == "cpu" else 10))
@@ -893,16 +1072,27 @@ def main() -> None:
     child_argv += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
     rows = []
     for part in parts:
-        start = time.perf_counter()
+        start, load_before = time.perf_counter(), os.getloadavg()
         _, environment = runners[part]
         part_rows = run_part_in_fresh_process(part, child_argv, environment)
         print(f"[{part}: {time.perf_counter() - start:.0f} s]\n{format_table(part_rows)}", file=sys.stderr)
-        rows += part_rows
+        if part not in OWN_SECTION_PARTS:
+            rows += part_rows
+            continue
+        load = f"- load average before the part: {', '.join(f'{value:.2f}' for value in load_before)}"
+        body = f"### {args.suite.upper()}: {part}\n\n{machine_description(args)}\n{load}\n\n"
+        body += f"{OWN_SECTION_PARTS[part](part_rows)}\n\n{format_table(part_rows)}"
+        print(body)
+        if not args.quick:
+            write_section(args.output, f"{args.suite}-{part}", body)
 
-    body = f"## {args.suite.upper()}\n\n{machine_description(args)}\n\n{format_targets(rows)}\n\n{format_table(rows)}"
-    print(body)
-    if not args.quick:
-        write_section(args.output, args.suite, body)
+    if rows:
+        body = (
+            f"## {args.suite.upper()}\n\n{machine_description(args)}\n\n{format_targets(rows)}\n\n{format_table(rows)}"
+        )
+        print(body)
+        if not args.quick:
+            write_section(args.output, args.suite, body)
 
 
 if __name__ == "__main__":

@@ -543,6 +543,9 @@ class SegRetPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["SegRetStage"]
+    # The loss is a per-batch mean that ignores `num_items_in_batch`: without this, `Trainer` infers from
+    # `forward(**kwargs)` that the model averages over accumulation steps and skips its own division.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import small_config
 
-from benchmarks.run import LEVERS, randomize_decoder_residuals
+from benchmarks.run import HIGHRES_MODELS, HIGHRES_PEERS, LEVERS, crossover, randomize_decoder_residuals
 from modeling_segret import SegRetForSemanticSegmentation
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -36,4 +36,38 @@ def test_quick_run_prints_the_targets_and_writes_nothing(tmp_path):
     assert "- SegRet-Tiny, training step (forward + backward), batch 2, 128², float32: " in result.stdout
     for lever in LEVERS:
         assert f"| undone: {lever} |" in result.stdout
+    assert not output.exists()
+
+
+def test_crossover_names_where_the_ratio_changes_side():
+    sizes = [(1, 512, 512), (1, 1024, 1024), (1, 1024, 2048), (1, 2048, 2048)]
+    assert crossover([0.81, 1.38, 1.48, 2.18], sizes) == "faster at 512×512, batch 1, slower from 1024×1024, batch 1"
+    assert crossover([1.2, 0.9, 1.1, None], sizes) == (
+        "slower at 512×512, batch 1, faster from 1024×1024, batch 1, slower from 1024×2048, batch 1"
+    )
+    assert crossover([0.5, 1.0, 0.7, 0.9], sizes) == "faster at every size"
+    assert crossover([1.5, 1.01, 2, 3], sizes) == "slower at every size"
+    assert crossover([None] * 4, sizes) == "not measured"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", ["cpu", "gpu"])
+def test_quick_highres_run_prints_every_pair_and_writes_nothing(tmp_path, suite):
+    """The high-resolution part at toy sizes: every model timed, each variant's ratio to its peer; on the CPU also
+    the peak memory of fresh processes (the Tiny pair only under --quick). The GPU suite runs on the CPU here."""
+    output = tmp_path / "BENCHMARKS.md"
+    command = [sys.executable, "benchmarks/run.py", "--quick", "--suite", suite, "--parts", "highres"]
+    result = subprocess.run(
+        command + ["--output", str(output)], cwd=REPOSITORY, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    batch, precision = ("1", "float32") if suite == "cpu" else ("2", "bfloat16")
+    for name in HIGHRES_MODELS:
+        assert f"| 64×128, batch {batch}, {precision} | {name} |" in result.stdout
+    for name, peer in HIGHRES_PEERS.items():
+        assert f"× {peer} |" in result.stdout and f"| {name} (" in result.stdout
+    tiny_memory = result.stdout.split("| SegRet-Tiny (13.6M) ÷ SegFormer-B1 (13.7M) | time |")[1].splitlines()[1]
+    assert tiny_memory.startswith("| | peak memory |")
+    if suite == "cpu":  # the ratio of two measured peaks, at the last size
+        assert float(tiny_memory.split("|")[-3]) > 0
     assert not output.exists()
