@@ -2,10 +2,12 @@
 """Checks that a saved SegRet folder loads as Hub remote code on many transformers versions.
 
 For each version, a small virtual environment is built once and cached in `.cache/compat-venvs/` (git ignores
-`.cache/`): `python -m venv --system-site-packages` reuses the installed torch, NumPy and Pillow, and pip adds only
-that transformers wheel (`--no-deps`) and the huggingface_hub / tokenizers versions it requires. torch is never
-installed there (checked). A folder saved by the current environment is then loaded in each venv by
-`scripts/compat_probe.py`, in a fresh process where the `modeling_segret` package cannot be imported, and in the
+`.cache/`): `python -m venv --system-site-packages --without-pip` reuses the installed torch, NumPy and Pillow; the
+transformers wheel (downloaded once into `.cache/compat-wheels/`) is extracted into it, and a `.pth` file adds a
+shared layer in `.cache/compat-layers/` with the huggingface_hub / tokenizers versions that wheel requires
+(`pip install --target`, torch constrained to the installed version). torch is never installed there (checked). A
+folder saved by the current environment is then loaded in each venv by `scripts/compat_probe.py`, in a fresh
+process where the `modeling_segret` package cannot be imported, and in the
 reverse direction a folder saved by each venv (with the package) is loaded by the current environment.
 
     python scripts/compat_matrix.py                       # every minor release: 4.57.6, 5.0.0 ... 5.24.0
