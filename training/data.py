@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from modeling_segret.image_processing_segret import exif_transposed, pil_image_to_rgb
+from training import configure_logging
 from training.transforms import IGNORE_INDEX, EvalTransform, TrainTransform
 
 METAINFO_PATH = Path(__file__).with_name("metainfo.json")
@@ -762,6 +763,7 @@ def preset_from_args(args: argparse.Namespace) -> DatasetPreset:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: the label check of :func:`verify_labels`."""
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(parser)
     args = parser.parse_args(argv)

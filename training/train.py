@@ -43,6 +43,7 @@ if __package__ in (None, ""):
 
 from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict, load_checkpoint
+from training import LOG_FORMAT
 from training.data import (
     PRESET_NAMES,
     DataError,
@@ -621,8 +622,10 @@ class OutputDirLock:
         self.path = output_dir / LOCK_FILE
         self.held = False
 
-    def acquire(self) -> None:
+    def acquire(self) -> str | None:
+        """Takes the lock; returns a note when a stale lock was taken over, raises when the folder is in use."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        note = None
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
             try:
@@ -634,10 +637,7 @@ class OutputDirLock:
                     and isinstance(holder.get("pid"), int)
                     and not _alive(holder["pid"])
                 ):
-                    logger.warning(
-                        f"Removing the stale lock {self.path} of process {holder['pid']}, which is no longer running",
-                        main_process_only=True,
-                    )
+                    note = f"Removing the stale lock {self.path} of process {holder['pid']}, which is no longer running"
                     self.path.unlink(missing_ok=True)
                     continue
                 raise RuntimeError(
@@ -647,7 +647,7 @@ class OutputDirLock:
             with os.fdopen(descriptor, "w") as handle:
                 json.dump(owner, handle)
             self.held = True
-            return
+            return note
         raise RuntimeError(f"could not take the lock {self.path}")
 
     def release(self) -> None:
@@ -701,7 +701,7 @@ def check_run_identity(checkpoint: Path, identity: dict, ignore: bool) -> None:
 
 def setup_logging(output_dir: Path, is_main_process: bool) -> list[logging.Handler]:
     """INFO on the main process (warnings elsewhere) to the console and `output_dir/train.log`; returns the handlers."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if is_main_process:
         handlers.append(logging.FileHandler(output_dir / TRAIN_LOG))
@@ -774,10 +774,10 @@ def main(argv: list[str] | None = None) -> dict:
         log_with=None if report_to == "none" else report_to,
         project_dir=str(output_dir),
     )
-    lock, lock_error = OutputDirLock(output_dir), None
+    lock, lock_error, lock_note = OutputDirLock(output_dir), None, None
     if accelerator.is_main_process:
         try:
-            lock.acquire()
+            lock_note = lock.acquire()
         except RuntimeError as err:
             lock_error = str(err)
     if accelerator.num_processes > 1:
@@ -785,6 +785,8 @@ def main(argv: list[str] | None = None) -> dict:
     if lock_error:
         raise RuntimeError(lock_error)
     handlers = setup_logging(output_dir, accelerator.is_main_process)
+    if lock_note:
+        logger.warning(lock_note, main_process_only=True)
     try:
         return train(accelerator, model_args, data_args, args, output_dir)
     except Exception:
