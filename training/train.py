@@ -62,7 +62,9 @@ from training.metrics import format_table
 from training.synthetic import generate as generate_synthetic
 from training.transforms import TrainTransform
 
-logger = get_logger(__name__)
+logger = get_logger(__name__)  # accelerate's: main_process_only=...; needs an Accelerator
+# For the helpers that run without one too (tests, scripts); other processes log only warnings (setup_logging).
+helper_logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LOCK_FILE, RUN_FILE, LOSS_LOG, TRAIN_LOG = "segret.lock", "run.json", "loss_history.jsonl", "train.log"
 TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch")
@@ -365,10 +367,9 @@ def scales_from_data(preset: DatasetPreset, dataset: SegmentationDataset, data_a
     derived["crop_size"] = (crop, crop)
     chosen = {name: value for name, value in derived.items() if getattr(data_args, name) is None}
     if chosen:
-        logger.info(
+        helper_logger.info(
             f"generic preset: {', '.join(f'{k}={v}' for k, v in chosen.items())} derived from the median size of "
             f"{len(sizes)} training images; pass --crop_size/--train_scale/--test_scale to choose others",
-            main_process_only=True,
         )
     return replace(preset, **chosen)
 
@@ -526,16 +527,19 @@ def resume_candidates(output_dir: Path, which: str) -> list[Path]:
             raise FileNotFoundError(f"{path} is not a complete checkpoint: {problem}")
         return [path]
     run_id = _read_json(output_dir / RUN_FILE).get("run_id")
-    checkpoints = list_checkpoints(output_dir, run_id) or list_checkpoints(output_dir)
+    checkpoints = list_checkpoints(output_dir)
+    if run_id is not None:  # another run's checkpoints are not resumed; unreadable ones are reported below
+        checkpoints = [
+            (step, path) for step, path in checkpoints if _checkpoint_state(path).get("run_id", run_id) == run_id
+        ]
     candidates = []
     for _, path in reversed(checkpoints):
         problem = checkpoint_problem(path)
         if problem is None:
             candidates.append(path)
         elif not candidates:
-            logger.warning(
+            helper_logger.warning(
                 f"{path} is incomplete or corrupt ({problem}); falling back to the previous checkpoint",
-                main_process_only=True,
             )
     return candidates
 
@@ -681,7 +685,7 @@ def check_run_identity(checkpoint: Path, identity: dict, ignore: bool) -> None:
     """Refuses (or, with `ignore`, warns about) resuming a checkpoint whose run was set up differently."""
     saved = _checkpoint_state(checkpoint).get("identity")
     if saved is None:
-        logger.warning(f"{checkpoint} has no run identity (an older checkpoint): the recipe is not checked")
+        helper_logger.warning(f"{checkpoint} has no run identity (an older checkpoint): the recipe is not checked")
         return
     changed = [
         f"{name}: {saved.get(name)!r} in the checkpoint, {identity[name]!r} now"
@@ -696,7 +700,7 @@ def check_run_identity(checkpoint: Path, identity: dict, ignore: bool) -> None:
             f"{message}\nThe schedule and data position of the checkpoint belong to its recipe. Resume with the "
             "same values, start a new run in another --output_dir, or pass --ignore_run_mismatch to continue anyway."
         )
-    logger.warning(f"{message}\n(--ignore_run_mismatch: continuing with the new values)", main_process_only=True)
+    helper_logger.warning(f"{message}\n(--ignore_run_mismatch: continuing with the new values)")
 
 
 def setup_logging(output_dir: Path, is_main_process: bool) -> list[logging.Handler]:
