@@ -9,19 +9,17 @@ import torch
 from PIL import Image
 
 from training.data import (
-    COCO_STUFF_UNUSED,
-    DataError,
     SegmentationDataset,
     build_dataset,
     collate_eval,
     collate_train,
     format_histogram,
-    get_preset,
     load_split,
     main,
     verify_labels,
     worker_init_fn,
 )
+from training.presets import COCO_STUFF_UNUSED, DataError, get_preset
 from training.transforms import EvalTransform, TrainTransform
 
 

@@ -16,9 +16,10 @@ from PIL import Image
 
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
 from modeling_segret.inference_segret import rescale_size
-from training.data import CITYSCAPES_LABEL_IDS, build_dataset, get_preset
+from training.data import build_dataset
 from training.evaluate import colorize, evaluate_segmentation, main, save_overlays
 from training.metrics import SegmentationMetric
+from training.presets import CITYSCAPES_LABEL_IDS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(64, 128), (64, 128), (48, 80), (40, 40), (64, 128)]  # rows 0 and 1 stack into one batch

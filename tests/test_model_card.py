@@ -12,7 +12,8 @@ import yaml
 from conftest import small_config
 from huggingface_hub import ModelCard
 
-from model_cards.render import (
+from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
+from training.model_card import (
     CARDS_DIR,
     DATASETS,
     PAPER_RESULTS,
@@ -22,7 +23,6 @@ from model_cards.render import (
     render_paper_card,
     repository_name,
 )
-from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
 from training.publish import assemble, sample_image
 
 # What training/evaluate.py writes (one mode per file) and what training/train.py writes.

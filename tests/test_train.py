@@ -14,7 +14,7 @@ from transformers import AutoModelForSemanticSegmentation
 
 from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
 from training import train
-from training.data import PRESET_NAMES
+from training.presets import PRESET_NAMES
 from training.synthetic import generate
 
 REPOSITORY = Path(__file__).resolve().parent.parent

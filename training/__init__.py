@@ -1,8 +1,9 @@
 """Training and evaluation for SegRet: datasets and augmentation, metrics, Accelerate scripts.
 
-Modules: ``data`` (dataset presets, loading, label mapping), ``transforms`` (MMSegmentation-equivalent augmentation),
-``metrics`` (streaming, distributed-exact mIoU), ``evaluate`` (evaluation entry point). Submodules are imported on
-demand, so ``import training`` stays light.
+Modules: ``presets`` (the benchmarks' label maps, classes, scales and Hub ids; imports nothing of the project's),
+``data`` (loading, label mapping), ``transforms`` (MMSegmentation-equivalent augmentation), ``metrics`` (streaming,
+distributed-exact mIoU), ``evaluate`` (evaluation entry point), ``model_card`` and ``publish`` (cards rendered from
+``model_cards/template.md``, Hub upload). Submodules are imported on demand, so ``import training`` stays light.
 """
 
 import logging

@@ -42,8 +42,6 @@ import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
 from modeling_segret.inference_segret import DEFAULT_SCALES, segment
 from training import configure_logging
 from training.data import (
-    DataError,
-    DatasetPreset,
     SegmentationDataset,
     ShardSampler,
     add_dataset_arguments,
@@ -54,7 +52,8 @@ from training.data import (
     verify_labels,
 )
 from training.metrics import SegmentationMetric, format_table
-from training.transforms import IGNORE_INDEX, MEAN, STD, EvalTransform, denormalize
+from training.presets import IGNORE_INDEX, DataError, DatasetPreset
+from training.transforms import MEAN, STD, EvalTransform, denormalize
 
 MODES = ("ss", "slide", "ms")
 

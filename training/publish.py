@@ -11,7 +11,7 @@ Read from it as well, when present:
 - `preprocessor_config.json`: the image processor (otherwise the dataset's test-time processor is written);
 - `eval_results.json` and `eval_results_*.json`: this checkpoint's results, from `training/evaluate.py` (one mode
   per file: collect the ss/slide and ms files here, or pass `--eval-results`) or `training/train.py`. The formats are
-  described in `model_cards/render.py`. Without results the card states that its numbers are the paper's and has no
+  described in `training/model_card.py`. Without results the card states that its numbers are the paper's and has no
   `model-index`;
 - `training_args.json` (written by `training/train.py`) or `recipe.yaml` / `recipe.yml` / `recipe.json`: the
   training recipe shown in the card.
@@ -59,7 +59,10 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from PIL import Image
 
 import modeling_segret
-from model_cards.render import (
+from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
+from modeling_segret.complexity import variant_name
+from training import configure_logging
+from training.model_card import (
     EvalRecord,
     dataset_info,
     dataset_key,
@@ -68,9 +71,6 @@ from model_cards.render import (
     render_card,
     repository_name,
 )
-from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
-from modeling_segret.complexity import variant_name
-from training import configure_logging
 
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModel", "AutoBackbone", "AutoModelForSemanticSegmentation")
 RECIPE_FILES = ("training_args.json", "recipe.yaml", "recipe.yml", "recipe.json")

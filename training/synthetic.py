@@ -4,7 +4,8 @@ Each scene has a textured background split into sky / vegetation / ground bands 
 shapes of several classes at varied scales (discs, boxes, triangles, rings, poles), a few unlabelled blobs (PNG value
 0, "other", ignored like ADE20K's), colour jitter and pixel noise. Images are `image` (RGB JPEG) and `annotation`
 (mode-L PNG: 0 = other, 1..K = classes), written with `DatasetDict.save_to_disk`, so the training script reads it
-through exactly the code path of a real benchmark (preset `synthetic`: the generic one with `reduce_labels`).
+through exactly the code path of a real benchmark (preset `synthetic` in `training/presets.py`: the generic one with
+`reduce_labels`).
 """
 
 from __future__ import annotations
@@ -12,42 +13,16 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import datasets
 import numpy as np
 from PIL import Image
 
-from training.data import DatasetPreset, get_preset
+from training.presets import SYNTHETIC_CLASS_NAMES as CLASS_NAMES
+from training.presets import SYNTHETIC_PALETTE as PALETTE
 
-CLASS_NAMES = ("sky", "vegetation", "ground", "disc", "box", "triangle", "ring", "pole")
-PALETTE = (
-    (135, 190, 235),
-    (60, 140, 60),
-    (150, 120, 90),
-    (220, 50, 50),
-    (230, 150, 40),
-    (240, 220, 60),
-    (60, 60, 160),
-    (200, 200, 200),
-)
 GENERATOR_VERSION = 1
-
-
-def synthetic_preset() -> DatasetPreset:
-    """The generic ADE20K-style preset (0 = other) with these classes, and scales fitted to the ~150 px scenes."""
-    preset = get_preset("generic", class_names=CLASS_NAMES, reduce_labels=True, label_column="annotation")
-    return replace(
-        preset,
-        name="synthetic",
-        palette=PALETTE,
-        train_scale=(512, 128),
-        crop_size=(128, 128),
-        test_scale=(512, 128),
-        slide_crop=(128, 128),
-        slide_stride=(85, 85),
-    )
 
 
 def _texture(rng: np.random.Generator, height: int, width: int, base: tuple[int, int, int], kind: str) -> np.ndarray:

@@ -45,13 +45,9 @@ from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation, SegR
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict, load_checkpoint
 from training import LOG_FORMAT
 from training.data import (
-    PRESET_NAMES,
-    DataError,
-    DatasetPreset,
     SegmentationDataset,
     build_dataset,
     collate_train,
-    get_preset,
     image_sizes,
     parse_class_names,
     single_split_source,
@@ -59,6 +55,7 @@ from training.data import (
 )
 from training.evaluate import evaluate_segmentation, summarize
 from training.metrics import format_table
+from training.presets import PRESET_NAMES, DataError, DatasetPreset, get_preset
 from training.synthetic import generate as generate_synthetic
 from training.transforms import TrainTransform
 

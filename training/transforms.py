@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from modeling_segret.inference_segret import rescale_size
+from training.presets import IGNORE_INDEX
 
 # ImageNet statistics in 0..255 pixel units, RGB (the mmseg configs' data_preprocessor).
 MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-IGNORE_INDEX = 255
 
 
 def sample_rng() -> np.random.Generator:

@@ -17,7 +17,7 @@ What a card reads:
 
 Without results the card has no `model-index` and says plainly that its numbers are the paper's.
 
-`python -m model_cards.render` rewrites the twelve cards of the paper's settings (four variants × ADE20K,
+`python -m training.model_card` rewrites the twelve cards of the paper's settings (four variants × ADE20K,
 Cityscapes, COCO-Stuff) in `model_cards/segret-<variant>-<dataset>/README.md`.
 """
 
@@ -49,11 +49,11 @@ from modeling_segret.complexity import (
     parameter_reconciliation,
     variant_name,
 )
-from training.data import get_preset
+from training.presets import get_preset
 
-CARDS_DIR = Path(__file__).resolve().parent
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+CARDS_DIR = REPOSITORY_ROOT / "model_cards"
 TEMPLATE_PATH = CARDS_DIR / "template.md"
-REPOSITORY_ROOT = CARDS_DIR.parent
 RECIPES_DIR = REPOSITORY_ROOT / "configuration" / "recipes"
 METAINFO_PATH = REPOSITORY_ROOT / "training" / "metainfo.json"
 # Organisation shown in the snippets of the cards rendered here; `training.publish --repo-id` sets the real one.
@@ -66,7 +66,7 @@ RMT_ARXIV = "https://arxiv.org/abs/2309.11523"
 class DatasetInfo:
     """A benchmark of the paper: names, Hub dataset and the paper's setting (SPEC §8, datasets.md §2)."""
 
-    key: str  # preset name in training/data.py
+    key: str  # preset name in training/presets.py
     slug: str  # in repository names
     name: str
     hub_id: str  # the dataset `training/data.py` loads by default
@@ -84,7 +84,7 @@ class DatasetInfo:
 
 def _paper_dataset(key: str, **card_fields: Any) -> DatasetInfo:
     """A benchmark's card facts; its Hub id, split, crop, test scale and sliding window come from the training
-    preset, so the card describes the protocol `training/data.py` runs."""
+    preset (`training/presets.py`), so the card describes the protocol `training/data.py` runs."""
     preset = get_preset(key)
     return DatasetInfo(
         key=key,
@@ -870,7 +870,7 @@ def render_paper_card(variant: str, dataset: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m model_cards.render",
+        prog="python -m training.model_card",
         description="Render the model cards of the paper's twelve settings into model_cards/<name>/README.md.",
     )
     parser.add_argument("--variant", nargs="+", choices=list(SEGRET_VARIANTS), default=list(SEGRET_VARIANTS))
@@ -891,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.write_text(card)
             print(f"wrote {path}")
     if stale:
-        print("out of date (run python -m model_cards.render):\n  " + "\n  ".join(stale), file=sys.stderr)
+        print("out of date (run python -m training.model_card):\n  " + "\n  ".join(stale), file=sys.stderr)
         return 1
     return 0
 
