@@ -20,6 +20,7 @@ import shutil
 import socket
 import sys
 import time
+import traceback
 import uuid
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
@@ -791,7 +792,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return train(accelerator, model_args, data_args, args, output_dir)
     except Exception:
-        logger.exception("Training failed")  # the traceback also goes to train.log
+        if accelerator.is_main_process:  # the traceback, for the record; the console gets the error itself
+            with open(output_dir / TRAIN_LOG, "a") as log_file:
+                log_file.write(f"Training failed:\n{traceback.format_exc()}")
         raise
     finally:
         remove_logging(handlers)
@@ -1090,4 +1093,8 @@ def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, RuntimeError, FileNotFoundError, FloatingPointError) as error:  # the message says what to do
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
