@@ -132,7 +132,9 @@ class SegRetImageProcessor(PilBackend):
     tensors are requested. With `do_pad=True` the logits of padded images cover the padding too: crop them to the
     resized image size before resizing them to the original size.
 
-    Images can be PIL images, NumPy arrays or torch tensors, and are converted to 3-channel RGB as follows:
+    Images can be PIL images, NumPy arrays or torch tensors, and are converted to 3-channel RGB as follows (PIL
+    images and maps are first turned upright by their EXIF orientation, as transformers' `load_image` does; NaN or
+    inf pixel values are an error):
 
     - PIL "RGB" is kept; "L" and "1" are replicated to three channels; "P" goes through its palette; the alpha or
       padding band of "RGBA", "RGBX", "LA", "PA" and "RGBa" is dropped (not composited, like OpenCV's `imread` in

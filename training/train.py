@@ -790,7 +790,7 @@ def main(argv: list[str] | None = None) -> dict:
     if lock_note:
         logger.warning(lock_note, main_process_only=True)
     try:
-        return train(accelerator, model_args, data_args, args, output_dir)
+        result = train(accelerator, model_args, data_args, args, output_dir)
     except Exception:
         if accelerator.is_main_process:  # the traceback, for the record; the console gets the error itself
             with open(output_dir / TRAIN_LOG, "a") as log_file:
@@ -799,6 +799,9 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         remove_logging(handlers)
         lock.release()
+    # Only now that train()'s model (DDP) and loaders are gone: freeing them after the process group can hang.
+    accelerator.end_training()
+    return result
 
 
 def train(
@@ -1047,7 +1050,6 @@ def train(
             f"Stopped at step {step} of {args.max_steps}; resume with --resume_from_checkpoint latest",
             main_process_only=True,
         )
-        accelerator.end_training()
         return {"global_step": step, "history": history}
 
     # ---- final model, then its evaluation (a failing evaluation must not cost the trained model)
@@ -1075,7 +1077,6 @@ def train(
         )  # fmt: skip
         (output_dir / "eval_results.json").write_text(json.dumps(summary, indent=2) + "\n")
         logger.info(f"mIoU {summary['mIoU']:.2f}; model and results in {output_dir}", main_process_only=True)
-    accelerator.end_training()
     return {"global_step": step, "history": history, "eval": eval_results}
 
 
