@@ -18,7 +18,9 @@ Command line:
 
 import argparse
 import json
+import logging
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -173,8 +175,21 @@ def convert_checkpoint(
     num_labels: int,
     output_dir: str | Path,
     id2label: dict[int, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Writes a `SegRetForSemanticSegmentation` folder (safetensors + processor) whose backbone holds the checkpoint."""
+    """Writes a `SegRetForSemanticSegmentation` folder (safetensors + processor) whose backbone holds the checkpoint.
+
+    A non-empty `output_dir` is refused (its files would mix with the new model's) unless `overwrite`, which empties
+    it first.
+    """
+    output_dir = Path(output_dir)
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive number of classes, got {num_labels!r}")
+    non_empty = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
+    if non_empty and not overwrite:
+        raise FileExistsError(f"{output_dir} is not empty; pass --overwrite to replace its contents")
+    if non_empty and ((output_dir / ".git").exists() or not output_dir.is_dir()):
+        raise FileExistsError(f"{output_dir} is a git checkout or a file; refusing to delete it")
     if id2label is None:
         id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
     elif len(id2label) != num_labels:
@@ -191,24 +206,40 @@ def convert_checkpoint(
     if unexpected_or_backbone_missing:
         raise CheckpointConversionError(f"Backbone weights did not load: {unexpected_or_backbone_missing[:20]}")
 
-    output_dir = Path(output_dir)
+    if non_empty:  # emptied only now that the conversion succeeded
+        shutil.rmtree(output_dir)
     model.save_pretrained(output_dir)
     SegRetImageProcessor().save_pretrained(output_dir)
     return output_dir
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="official RMT checkpoint (.pth, .pt or .safetensors)")
     parser.add_argument("--variant", required=True, choices=["tiny", "small", "base", "large"])
     parser.add_argument("--num-labels", type=int, required=True, help="classes of the segmentation head")
     parser.add_argument("--id2label", help="JSON file mapping class index to name (default LABEL_<i>)")
     parser.add_argument("--output", required=True, help="folder to write the SegRet model to")
+    parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --output")
     args = parser.parse_args(argv)
+    # Argument problems end with a usage message, not a traceback, before the checkpoint is read.
+    if args.num_labels < 1:
+        parser.error(f"--num-labels must be at least 1, got {args.num_labels}")
+    if not Path(args.checkpoint).is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    output_path = Path(args.output)
+    if output_path.exists() and (not output_path.is_dir() or any(output_path.iterdir())) and not args.overwrite:
+        parser.error(f"--output {args.output} is not empty; pass --overwrite to replace its contents")
     id2label = None
     if args.id2label:
-        id2label = {int(index): name for index, name in json.loads(Path(args.id2label).read_text()).items()}
-    output = convert_checkpoint(args.checkpoint, args.variant, args.num_labels, args.output, id2label)
+        try:
+            id2label = {int(index): name for index, name in json.loads(Path(args.id2label).read_text()).items()}
+        except (OSError, ValueError, AttributeError) as err:
+            parser.error(f"--id2label {args.id2label}: expected a JSON object {{index: name}} ({err})")
+        if sorted(id2label) != list(range(args.num_labels)):
+            parser.error(f"--id2label must name classes 0..{args.num_labels - 1}, got indices {sorted(id2label)[:10]}")
+    output = convert_checkpoint(args.checkpoint, args.variant, args.num_labels, args.output, id2label, args.overwrite)
     print(f"Wrote SegRet-{args.variant} with the ImageNet backbone of {args.checkpoint} to {output}")
 
 

@@ -250,7 +250,9 @@ class SegRetImageProcessor(ImageProcessorBase):
     so padding changes no prediction. transformers' pipeline preprocesses one image at a time, so batched pipeline
     calls over images of different sizes need `do_pad=True` with a `pad_size` that holds every resized image.
 
-    Images can be PIL images, NumPy arrays or torch tensors, and are converted to 3-channel RGB as follows:
+    Images can be PIL images, NumPy arrays or torch tensors, and are converted to 3-channel RGB as follows (PIL
+    images and maps are first turned upright by their EXIF orientation, as transformers' `load_image` does; NaN or
+    inf pixel values are an error):
 
     - PIL "RGB" is kept; "L" and "1" are replicated to three channels; "P" goes through its palette; the alpha or
       padding band of "RGBA", "RGBX", "LA", "PA" and "RGBa" is dropped (not composited, like OpenCV's `imread` in
@@ -715,19 +717,15 @@ class SegRetImageProcessor(ImageProcessorBase):
         if isinstance(image, Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"{description} is empty (size {image.width}x{image.height}).")
-            if image.mode in _PIL_16_BIT_MODES:
-                image_array = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-            elif image.mode == "F":
-                image_array = np.asarray(image, dtype=np.float32)
+            if image.mode == "F":
+                image_array = np.asarray(exif_transposed(image), dtype=np.float32)
             elif not convert_rgb and image.mode not in ("P", "PA"):
-                image_array = np.asarray(image)  # the bands as stored (palette images still go through RGB)
+                image_array = np.asarray(exif_transposed(image))  # the bands as stored (palette images go via RGB)
             else:
                 try:
-                    image_array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+                    image_array = pil_image_to_rgb(image)
                 except ValueError as error:
-                    raise ValueError(
-                        f"{description} has PIL mode {image.mode!r}, which cannot be converted to RGB."
-                    ) from error
+                    raise ValueError(f"{description} {error}") from error
             # The channel axis of `np.asarray(pil_image)` is always the last one.
             input_data_format = ChannelDimension.LAST
             prefer_channels_first = False
@@ -766,7 +764,15 @@ class SegRetImageProcessor(ImageProcessorBase):
             # 16-bit to 8-bit: 65535 / 257 = 255 exactly, and v / 257 is never exactly halfway between integers.
             return np.round(image_array / 257).astype(np.uint8)
         if np.issubdtype(image_array.dtype, np.integer) or np.issubdtype(image_array.dtype, np.floating):
-            return image_array.astype(np.float32)
+            image_array = image_array.astype(np.float32)
+            # One NaN or inf would make every logit non-finite and the prediction all class 0, without a word.
+            num_non_finite = int(np.size(image_array) - np.count_nonzero(np.isfinite(image_array)))
+            if num_non_finite:
+                raise ValueError(
+                    f"{description} has {num_non_finite} non-finite values (NaN or inf); replace them first, "
+                    "e.g. with `numpy.nan_to_num`."
+                )
+            return image_array
         raise TypeError(f"{description} has unsupported dtype {image_array.dtype}.")
 
     @staticmethod
@@ -823,8 +829,8 @@ class SegRetImageProcessor(ImageProcessorBase):
                     "indices (L, P, I, I;16, 1 or F). Convert colour-coded maps to class indices first."
                 )
             # `np.asarray` of a "P" image gives the palette indices, which are the classes; converting the map to
-            # "L" or "RGB" would replace them by colours.
-            label_array = np.asarray(segmentation_map)
+            # "L" or "RGB" would replace them by colours. An EXIF orientation turns the map as it turns its image.
+            label_array = np.asarray(exif_transposed(segmentation_map))
         else:
             label_array = self._to_numpy(segmentation_map, description)
         if label_array.ndim == 3 and 1 in (label_array.shape[0], label_array.shape[-1]):
@@ -841,6 +847,36 @@ class SegRetImageProcessor(ImageProcessorBase):
         elif not (np.issubdtype(label_array.dtype, np.integer) or label_array.dtype == np.bool_):
             raise TypeError(f"{description} has unsupported dtype {label_array.dtype}.")
         return label_array.astype(np.int64)
+
+
+def exif_transposed(image: Image.Image) -> Image.Image:
+    """`image` as displayed: turned by its EXIF orientation tag, as transformers' `load_image` (the pipeline) does.
+
+    Phone photos store the sensor's pixels plus a tag; reading them without it gives a rotated image.
+    """
+    if image.getexif().get(0x0112, 1) in (None, 1):  # 0x0112: Orientation; 1 = upright
+        return image
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)
+
+
+def pil_image_to_rgb(image: Image.Image) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array of a PIL image, EXIF orientation applied; 16-bit samples are scaled by 1/257.
+
+    Grey, palette, gray + alpha and RGBA images are converted to RGB (alpha dropped). Shared by the image processor and
+    the training data pipeline, so a 16-bit PNG reaches the model on the same 0..255 scale through both.
+    """
+    image = exif_transposed(image)
+    if image.mode in _PIL_16_BIT_MODES:
+        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        # 16-bit to 8-bit: 65535 / 257 = 255 exactly, and v / 257 is never exactly halfway between integers.
+        grey = np.round(samples / 257).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    try:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except ValueError as error:
+        raise ValueError(f"has PIL mode {image.mode!r}, which cannot be converted to RGB.") from error
 
 
 __all__ = ["SegRetImageProcessor", "get_keep_ratio_output_size", "scale_keeping_ratio"]

@@ -420,6 +420,13 @@ class SegRetEncoder(nn.Module):
             )
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be a floating-point tensor, got {pixel_values.dtype}.")
+        weight_dtype = next(self.embeddings.parameters()).dtype
+        if pixel_values.dtype != weight_dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+            raise ValueError(
+                f"pixel_values are {pixel_values.dtype} but the model's weights are {weight_dtype}: cast the input "
+                f"with `pixel_values.to(model.dtype)`, the model with `model.to({pixel_values.dtype})`, or run under "
+                "`torch.autocast`."
+            )
 
         hidden_states = self.embeddings(pixel_values)
         # The stem map is returned channels-first and the first stage reads it back through the inverse permute (two

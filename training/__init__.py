@@ -5,3 +5,16 @@ Modules: ``presets`` (the benchmarks' label maps, classes, scales and Hub ids; i
 distributed-exact mIoU), ``evaluate`` (evaluation entry point), ``model_card`` and ``publish`` (cards rendered from
 ``model_cards/template.md``, Hub upload). Submodules are imported on demand, so ``import training`` stays light.
 """
+
+import logging
+import os
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """Console logging for the command-line scripts: INFO on the main process (rank 0), warnings on the others."""
+    main_process = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    logging.basicConfig(
+        format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S", level=logging.INFO if main_process else logging.WARNING
+    )

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_segret.image_processing_segret import exif_transposed, pil_image_to_rgb
+from training import configure_logging
 from training.presets import IGNORE_INDEX, PRESET_NAMES, DataError, DatasetPreset, _short, get_preset
 from training.transforms import EvalTransform, TrainTransform
 
@@ -127,8 +129,13 @@ def load_split(
         fmt = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json"}.get(path.suffix)
         if fmt is None:
             raise DataError(f"{source}: unsupported file type; use parquet, a save_to_disk folder or image folders")
-        # A single file is taken to be the requested split.
-        ds = datasets.load_dataset(fmt, data_files={split: str(path)}, split=split)
+        # A single file is taken to be the requested split (train.py refuses to evaluate on the training file).
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            if pq.read_metadata(path).num_rows == 0:
+                raise DataError(f"{source} is empty (a parquet file with 0 rows)")
+        ds = _generate(lambda: datasets.load_dataset(fmt, data_files={split: str(path)}, split=split), source, split)
     elif path.is_dir() and (path / "dataset_dict.json").is_file():
         names = json.loads((path / "dataset_dict.json").read_text())["splits"]
         split = _pick_split(names, split, source)
@@ -151,7 +158,7 @@ def load_split(
         errors = []
         for candidate in candidates:
             try:
-                ds = datasets.load_dataset(source, split=candidate, **kwargs)
+                ds = _generate(lambda c=candidate: datasets.load_dataset(source, split=c, **kwargs), source, candidate)
                 split = candidate
                 break
             except ValueError as err:  # unknown split name: try the next alias
@@ -175,7 +182,59 @@ def load_split(
     return ds, split
 
 
+def _generate(load, source: str, split: str) -> datasets.Dataset:
+    """Runs a `datasets.load_dataset` call, naming the source and the cause when `datasets` cannot build it."""
+    try:
+        return load()
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__ or err
+        hint = " (an empty or 0-row file?)" if "must be greater than 0" in str(cause) else ""
+        raise DataError(
+            f"split {split!r} of {source} could not be read{hint}: {type(cause).__name__}: {cause}"
+        ) from err
+
+
+def single_split_source(source: str | None) -> str | None:
+    """How `source` holds one split only ("a single parquet file", "a single saved split"), or None.
+
+    Such a source is taken to be whichever split is asked for, so training and evaluation would read the same rows.
+    """
+    if source is None:
+        return None
+    path = Path(source)
+    if path.is_file():
+        return f"a single {path.suffix.lstrip('.') or 'data'} file"
+    if path.is_dir() and (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
+        return "a single saved split (save_to_disk of one Dataset)"
+    return None
+
+
+def parse_class_names(value: str | Sequence[str]) -> list[str]:
+    """Class names from a list of names, one comma-separated string, or a JSON file (list or id2label mapping)."""
+    items = [value] if isinstance(value, str) else list(value)
+    if len(items) == 1 and Path(items[0]).is_file():
+        names = json.loads(Path(items[0]).read_text())
+        if isinstance(names, dict):  # an id2label mapping
+            names = [names[k] for k in sorted(names, key=int)]
+    elif len(items) == 1:
+        names = items[0].split(",")
+    else:
+        names = items
+    names = [str(name).strip() for name in names]
+    if not names or any(not name for name in names):
+        raise ValueError(f"class names must be non-empty, got {value!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names must be distinct, got {names}")
+    return names
+
+
 # ---------------------------------------------------------------------------------------------------- row reading
+def _cell_file(value: Any) -> str:
+    """' (file NAME)' for a cell that records its file, else ''."""
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, (str, Path)) else None
+    return f"(file {path}) " if path else ""
+
+
 def _open(value: Any, where: str) -> Image.Image | np.ndarray:
     """A PIL image from an undecoded ``Image`` cell ({'bytes', 'path'}), a path, or an array-like cell."""
     if value is None:
@@ -191,7 +250,7 @@ def _open(value: Any, where: str) -> Image.Image | np.ndarray:
         else:
             return np.asarray(value)
         image.load()
-        return image
+        return exif_transposed(image)  # as displayed, as transformers' pipeline and the image processor read it
     except DataError:
         raise
     except Exception as err:  # PIL raises several types for truncated or non-image data
@@ -199,10 +258,14 @@ def _open(value: Any, where: str) -> Image.Image | np.ndarray:
 
 
 def read_image(value: Any, where: str = "") -> np.ndarray:
-    """Decode an image cell to uint8 RGB (H, W, 3); grey, palette and RGBA images are converted."""
+    """Decode an image cell to uint8 RGB (H, W, 3), EXIF orientation applied; grey, palette, RGBA and 16-bit images
+    are converted as the image processor converts them (16-bit: v / 257)."""
     image = _open(value, where)
     if isinstance(image, Image.Image):
-        image = np.array(image if image.mode == "RGB" else image.convert("RGB"))  # a writable copy for torch
+        try:
+            image = np.array(pil_image_to_rgb(image))  # a writable copy for torch
+        except ValueError as err:
+            raise DataError(f"{where}{err}") from err
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
@@ -247,6 +310,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.preset = preset
         self.transform = transform
         self.split = split
+        self.source = ""  # where the rows come from, for error messages (set by build_dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -254,15 +318,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The decoded image and the *raw* label map of row ``index`` (no mapping, no transform)."""
         row = self.dataset[int(index)]
-        where = f"row {index}{f' of split {self.split!r}' if self.split else ''}: "
-        image = read_image(row[self.preset.image_column], f"{where}column '{self.preset.image_column}' ")
-        label = read_label(row[self.preset.label_column], f"{where}column '{self.preset.label_column}' ")
+        image_cell, label_cell = row[self.preset.image_column], row[self.preset.label_column]
+        where = self._where(index)
+        image = read_image(image_cell, f"{where}column '{self.preset.image_column}' {_cell_file(image_cell)}")
+        label = read_label(label_cell, f"{where}column '{self.preset.label_column}' {_cell_file(label_cell)}")
+        # Both were turned upright by their EXIF orientation before this check.
         if image.shape[:2] != label.shape:
             raise DataError(
-                f"{where}image is {image.shape[1]}x{image.shape[0]} (WxH) but label "
-                f"'{self.preset.label_column}' is {label.shape[1]}x{label.shape[0]}"
+                f"{where}image {_cell_file(image_cell)}is {image.shape[1]}x{image.shape[0]} (WxH) but label "
+                f"'{self.preset.label_column}' {_cell_file(label_cell)}is {label.shape[1]}x{label.shape[0]}"
             )
         return image, label
+
+    def raw_label(self, index: int) -> np.ndarray:
+        """The *raw* label map of row ``index`` alone (no image decoded): for fast label scans."""
+        cell = self.dataset[int(index)][self.preset.label_column]
+        return read_label(cell, f"{self._where(index)}column '{self.preset.label_column}' {_cell_file(cell)}")
+
+    def _where(self, index: int) -> str:
+        source = f"{self.source}: " if self.source else ""
+        return f"{source}row {index}{f' of split {self.split!r}' if self.split else ''}: "
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.get_item(index)
@@ -270,8 +345,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def get_item(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Item ``index`` with the transform's random draws taken from ``rng`` (default: a per-worker stream)."""
         image, raw = self.raw_item(index)
-        where = f"row {index}{f' of split {self.split!r}' if self.split else ''}, column '{self.preset.label_column}': "
-        label = self.preset.map_labels(raw, where)
+        cell = self.dataset[int(index)][self.preset.label_column]
+        label = self.preset.map_labels(
+            raw, f"{self._where(index)}column '{self.preset.label_column}' {_cell_file(cell)}"
+        )
         item = self.transform(image, label, rng)
         item["index"] = int(index)
         return item
@@ -305,7 +382,31 @@ def build_dataset(
             if train
             else EvalTransform()
         )
-    return SegmentationDataset(ds, preset, transform, split)
+    dataset = SegmentationDataset(ds, preset, transform, split)
+    dataset.source = str(source or preset.hub_id or "")
+    return dataset
+
+
+def image_sizes(dataset: SegmentationDataset, limit: int | None = None) -> list[tuple[int, int]]:
+    """(height, width) of the first ``limit`` images as displayed (EXIF orientation applied), reading headers only."""
+    sizes = []
+    column = dataset.preset.image_column
+    for index in range(min(len(dataset), limit or len(dataset))):
+        cell = dataset.dataset[index][column]
+        if isinstance(cell, dict) and ("bytes" in cell or "path" in cell):
+            try:
+                with Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]) as image:
+                    width, height = image.size
+                    if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees when displayed
+                        width, height = height, width
+            except Exception as err:
+                raise DataError(
+                    f"{dataset._where(index)}column '{column}' {_cell_file(cell)}cannot be read: {err}"
+                ) from err
+        else:
+            height, width = read_image(cell, dataset._where(index)).shape[:2]
+        sizes.append((height, width))
+    return sizes
 
 
 # -------------------------------------------------------------------------------------------------- batching
@@ -369,7 +470,7 @@ def verify_labels(dataset: SegmentationDataset, num_rows: int) -> dict[str, Any]
     problems = []
     rows = min(int(num_rows), len(dataset))
     for index in range(rows):
-        _, raw = dataset.raw_item(index)
+        raw = dataset.raw_label(index)
         values, counts = np.unique(raw, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             raw_hist[value] = raw_hist.get(value, 0) + count
@@ -440,12 +541,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def preset_from_args(args: argparse.Namespace) -> DatasetPreset:
     """The :class:`DatasetPreset` selected by :func:`add_dataset_arguments` options."""
-    class_names = None
-    if args.class_names:
-        path = Path(args.class_names)
-        class_names = json.loads(path.read_text()) if path.is_file() else args.class_names.split(",")
-        if isinstance(class_names, dict):  # an id2label mapping
-            class_names = [class_names[k] for k in sorted(class_names, key=int)]
+    class_names = parse_class_names(args.class_names) if args.class_names else None
     return get_preset(
         args.dataset,
         image_column=args.image_column,
@@ -459,6 +555,7 @@ def preset_from_args(args: argparse.Namespace) -> DatasetPreset:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: the label check of :func:`verify_labels`."""
+    configure_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(parser)
     args = parser.parse_args(argv)

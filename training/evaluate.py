@@ -46,6 +46,7 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor  #
 import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
 from modeling_segret import SEGRET_VARIANTS
 from modeling_segret.inference_segret import DEFAULT_SCALES, segment
+from training import configure_logging
 from training.data import (
     SegmentationDataset,
     ShardSampler,
@@ -386,6 +387,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 on a data error, with the row named)."""
+    configure_logging()
     args = parse_args(argv)
     try:
         evaluate(args)

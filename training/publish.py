@@ -61,6 +61,7 @@ from PIL import Image
 import modeling_segret
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
 from modeling_segret.complexity import variant_name
+from training import configure_logging
 from training.model_card import (
     EvalRecord,
     dataset_info,
@@ -352,7 +353,7 @@ _VALIDATION_SCRIPT = textwrap.dedent(
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     folder, reference_path, image_path = sys.argv[1:4]
-    reference = torch.load(reference_path)
+    reference = torch.load(reference_path, weights_only=True)
     report = {"classes": {}, "modules": {}, "differences": {}, "notes": []}
 
     def difference(output, expected):
@@ -551,6 +552,7 @@ def push(
 
 # ------------------------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(
         prog="python -m training.publish",
         description="Build a Hub-ready SegRet repository (weights, config, processor, remote code, model card), "
