@@ -215,11 +215,13 @@ def test_batch_equals_items_run_one_by_one(config):
 
 
 def test_torch_compile_runs_and_matches_eager(config):
+    # dynamic=False, as the README says: with dynamic shapes (also torch.compile's automatic ones after a second
+    # size) inductor 2.13 fails to lower the global retention's attention; static shapes recompile per size.
     model = SegRetForSemanticSegmentation(config).eval()
-    pixel_values = torch.randn(1, 3, 64, 64)
-    eager = model(pixel_values).logits
-    compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(pixel_values).logits, eager, rtol=1e-4, atol=1e-4)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    for height, width in [(64, 64), (64, 96)]:
+        pixel_values = torch.randn(1, 3, height, width)
+        torch.testing.assert_close(compiled(pixel_values).logits, model(pixel_values).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_inputs_raise_clear_errors(config):
