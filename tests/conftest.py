@@ -1,6 +1,9 @@
 """Shared fixtures: a small SegRet configuration that builds and runs in milliseconds on a CPU."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,14 @@ def config() -> SegRetConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run_in_fresh_process(script: str, *arguments: str, cwd: Path) -> dict:
+    """Runs `python -c script arguments` offline in `cwd`, without the repository on PYTHONPATH (so a saved folder
+    loads as remote code), and returns the JSON report the script prints last."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cwd / "modules"))
+    command = [sys.executable, "-c", script, *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,7 +1,6 @@
 """transformers' image-segmentation pipeline with SegRet: batched calls, padded batches, contiguous logits."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
+from conftest import run_in_fresh_process, small_config
 from PIL import Image
 from transformers import pipeline
 
@@ -149,18 +148,7 @@ def test_batched_pipeline_as_remote_code(model, tmp_path):
     folder = tmp_path / "segret-remote"
     model.save_pretrained(folder)
     SegRetImageProcessor(size=KEEP_RATIO).save_pretrained(folder)
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_BATCHED_PIPELINE, str(folder), json.dumps(IMAGE_SIZES)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=environment,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_in_fresh_process(REMOTE_BATCHED_PIPELINE, str(folder), json.dumps(IMAGE_SIZES), cwd=tmp_path)
     assert [np.asarray(classes).shape for classes in report["batched"]] == IMAGE_SIZES
     assert report["batched"] == report["one_by_one"]
 

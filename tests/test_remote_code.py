@@ -1,13 +1,10 @@
 """A saved folder is a Hub remote-code repo: it loads where the `modeling_segret` package cannot be imported."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import torch
-from conftest import small_config
+from conftest import run_in_fresh_process, small_config
 from PIL import Image
 
 from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
@@ -69,18 +66,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     torch.save(inputs, tmp_path / "inputs.pt")
     Image.new("RGB", (50, 40), (120, 30, 200)).save(tmp_path / "image.png")
 
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(folder)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=environment,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_in_fresh_process(FRESH_PROCESS, str(folder), cwd=tmp_path)
 
     assert report["config"] == "SegRetConfig" and report["config_module"].startswith("transformers_modules.")
     assert report["model"] == "SegRetModel"
