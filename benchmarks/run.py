@@ -16,8 +16,8 @@ CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, u
   global-stage  SegRet-Tiny vs SegFormer-B1 at 1024×2048 (Tiny's quadratic global stage 3 at 8192 tokens)
   train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
   memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
-  pipeline  time per image of transformers' image-segmentation pipeline, SegRet-Tiny vs SegFormer-B1, 512² and
-            1024×2048 photos; post-processing alone before / now
+  pipeline  time per image of the image-segmentation pipeline (SegRet's class for SegRet-Tiny, transformers' for
+            SegFormer-B1), 512² and 1024×2048 photos; post-processing alone before / now
   postprocess-memory  peak memory of post-processing one 3000×2000 photo with 150 classes, before / now
   highres   (only when named) the four variants vs SegFormer-B1/B2/B3 matched by parameters at 512², 1024²,
             1024×2048 and 2048²: time and peak memory; its own BENCHMARKS.md section (also in the GPU suite)
@@ -616,21 +616,28 @@ def part_pipeline(args, matmul) -> list[Row]:
     from PIL import Image
     from transformers import SegformerImageProcessorPil, pipeline
 
-    from modeling_segret import SegRetImageProcessor
+    from modeling_segret import SegRetImageProcessor, SegRetImageSegmentationPipeline
 
     segret_model = segret("tiny").eval()
     randomize_decoder_residuals(segret_model)
     segformer = segformer_b1().eval()
-    # SegformerImageProcessor resolves to this PIL class where torchvision is not installed (as here).
+    # SegformerImageProcessor resolves to this PIL class where torchvision is not installed (as here). SegRet runs in
+    # its own pipeline class, the one `pipeline(..., trust_remote_code=True)` builds from a Hub repository.
     segmenters = {
         "SegFormer-B1 pipeline (SegformerImageProcessor, 512×512)": pipeline(
             "image-segmentation", model=segformer, image_processor=SegformerImageProcessorPil()
         ),
         "SegRet-Tiny pipeline (default keep-ratio processor, short side 512)": pipeline(
-            "image-segmentation", model=segret_model, image_processor=SegRetImageProcessor()
+            "image-segmentation",
+            model=segret_model,
+            image_processor=SegRetImageProcessor(),
+            pipeline_class=SegRetImageSegmentationPipeline,
         ),
         "SegRet-Tiny pipeline (fixed 512×512 processor)": pipeline(
-            "image-segmentation", model=segret_model, image_processor=SegRetImageProcessor(size=512)
+            "image-segmentation",
+            model=segret_model,
+            image_processor=SegRetImageProcessor(size=512),
+            pipeline_class=SegRetImageSegmentationPipeline,
         ),
     }
     rows = []
@@ -659,7 +666,7 @@ def part_pipeline(args, matmul) -> list[Row]:
         Contender("one step, channels-last logits (before)", lambda: one_step_post_processing(channels_last, target)),
         Contender("one step, contiguous logits", lambda: one_step_post_processing(logits, target)),
         Contender(
-            "post_process_semantic_segmentation (now: contiguous, via the input size, chunked)",
+            "post_process_semantic_segmentation (now: contiguous, via the input size, running class maximum)",
             lambda: processor.post_process_semantic_segmentation(outputs, target_sizes=[target]),
         ),
     ]

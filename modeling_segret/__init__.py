@@ -35,12 +35,23 @@ SegRetBackbone.register_for_auto_class("AutoBackbone")
 SegRetForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 SegRetImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+
+def __getattr__(name: str):
+    # Imported on first use: transformers' pipelines module is slow to import and most users never need it.
+    if name == "SegRetImageSegmentationPipeline":
+        from .pipeline_segret import SegRetImageSegmentationPipeline
+
+        return SegRetImageSegmentationPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "SEGRET_VARIANTS",
     "SegRetBackbone",
     "SegRetConfig",
     "SegRetForSemanticSegmentation",
     "SegRetImageProcessor",
+    "SegRetImageSegmentationPipeline",
     "SegRetModel",
     "SegRetPreTrainedModel",
     "segret_variant_config",

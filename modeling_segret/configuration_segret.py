@@ -1,7 +1,11 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
 """SegRet model configuration."""
 
+import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 # --- Compatibility with transformers 4.57 ... 5.x (this file is Hub remote code): newest location first. -------------
 try:  # transformers >= 5.1
@@ -120,6 +124,22 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForSemanticSegmentation": "modeling_segret.SegRetForSemanticSegmentation",
 }
 
+# Also written into a saved config.json, with pipeline_segret.py next to it, so that transformers'
+# `pipeline("image-segmentation", model=folder, trust_remote_code=True)` builds SegRet's pipeline class.
+REMOTE_CODE_PIPELINES = {
+    "image-segmentation": {
+        "impl": "pipeline_segret.SegRetImageSegmentationPipeline",
+        "pt": ["AutoModelForSemanticSegmentation"],
+        "tf": [],
+        "type": "image",
+    }
+}
+_PIPELINE_FILE = Path(__file__).with_name("pipeline_segret.py")
+# transformers refuses to build any pipeline for a config that names a custom one unless trust_remote_code=True. Only
+# the remote-code copy of this class (a module under `transformers_modules`) therefore keeps `custom_pipelines`:
+# through the installed package, `pipeline("image-segmentation", model=folder)` keeps working without the flag.
+_LOADED_AS_REMOTE_CODE = __name__.startswith("transformers_modules.")
+
 
 class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
@@ -208,12 +228,32 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
 
         # Derived from `depths`; a saved config.json holds it too, but it is recomputed, never read back.
         kwargs.pop("stage_names", None)
+        custom_pipelines = kwargs.pop("custom_pipelines", None)
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         super().__init__(**kwargs)
         self.validate_architecture()
         if self._auto_class is not None and getattr(self, "auto_map", None) is None:
             self.auto_map = dict(REMOTE_CODE_AUTO_MAP)
+        if custom_pipelines and _LOADED_AS_REMOTE_CODE:
+            self.custom_pipelines = custom_pipelines
+
+    def _writes_remote_pipeline(self) -> bool:
+        """Whether a save writes the pipeline class with the code files (a remote-code copy loaded without
+        pipeline_segret.py next to it cannot)."""
+        return bool(getattr(self, "auto_map", None)) and _PIPELINE_FILE.is_file()
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if self._writes_remote_pipeline():
+            output["custom_pipelines"] = REMOTE_CODE_PIPELINES
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        if self._writes_remote_pipeline():
+            os.makedirs(save_directory, exist_ok=True)
+            shutil.copy(_PIPELINE_FILE, Path(save_directory) / _PIPELINE_FILE.name)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     @property
     def num_stages(self) -> int:

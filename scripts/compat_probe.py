@@ -176,6 +176,15 @@ def load(folder: Path) -> dict:
             assert segment["mask"].size == image.size and segment["mask"].mode == "L", segment["mask"]
             label_map[np.asarray(segment["mask"]) > 0] = label2id[segment["label"]]
         assert np.array_equal(label_map, reference["segmentation"].numpy()), "masks differ from the saving process"
+        # The folder's own pipeline class: a batch of two sizes gives the masks of one-by-one calls.
+        assert type(segmenter).__name__ == "SegRetImageSegmentationPipeline", type(segmenter).__name__
+        other = image.resize((image.width + 8, image.height))
+
+        def masks(segments):
+            return [(segment["label"], np.asarray(segment["mask"]).tolist()) for segment in segments]
+
+        batched = segmenter([image, other], batch_size=2)
+        assert [masks(result) for result in batched] == [masks(segments), masks(segmenter(other))], "batched masks"
 
     @check("no_error_log")
     def _():

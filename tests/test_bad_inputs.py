@@ -293,6 +293,35 @@ def test_generic_scales_come_from_the_data(tmp_path):
     assert asked.crop_size == (48, 48) and asked.test_scale == (200, 100) and asked.train_scale == (120, 90)
 
 
+def test_mistyped_output_dir_and_derived_scales_are_said_on_the_console_and_in_the_log(tmp_path, capsys):
+    """`--resume_from_checkpoint latest` in a folder without checkpoints (a mistyped --output_dir) starts afresh and
+    says so; the generic preset's scales derived from the data are named; `main` leaves logging as it found it."""
+    splits = datasets.DatasetDict({"train": _generic_dataset(4), "validation": _generic_dataset(2)})
+    splits.save_to_disk(str(tmp_path / "data"))
+    output_dir = tmp_path / "mistyped"
+    root = logging.getLogger()
+    level = root.level
+    train.main(_generic_run(tmp_path / "data", output_dir, "--resume_from_checkpoint", "latest"))
+    console, log = capsys.readouterr().err, (output_dir / train.TRAIN_LOG).read_text()
+    for text in (console, log):
+        assert f"No checkpoint in {output_dir}: starting from scratch" in text
+        assert "generic preset: train_scale=(32, 24), test_scale=(32, 24) derived from the median size" in text
+        assert "--crop_size/--train_scale/--test_scale to choose others" in text
+    assert root.level == level
+    assert not [h for h in root.handlers if getattr(h, "baseFilename", "").endswith(train.TRAIN_LOG)]
+
+
+def test_resume_latest_over_another_runs_checkpoints_explains_why(reference, scenes, tmp_path):
+    run = _copy_run(reference[0], tmp_path / "run")
+    (run / train.RUN_FILE).write_text(json.dumps({"run_id": "another-run"}))
+    message = (
+        r"No checkpoint of this run in .* \(checkpoint-3: complete, but of another run than run.json names; "
+        r"checkpoint-6: complete, .*\)\. To continue from another run's checkpoint, name its folder"
+    )
+    with pytest.raises(RuntimeError, match=message):
+        train.main(_tiny_run(scenes, run, "--resume_from_checkpoint", "latest"))
+
+
 def test_exif_rotated_photo_is_read_upright_everywhere(tmp_path):
     """Orientation 6 (rotate 90 degrees clockwise): stored 40x24 (WxH), displayed 24x40, its mask drawn 24x40."""
     photo = _jpeg(24, 40, orientation=6)

@@ -347,21 +347,25 @@ def test_post_process_semantic_segmentation(processor):
 def test_chunked_argmax_equals_the_fully_upsampled_argmax():
     """A few classes at a time with a running maximum: the argmax of the fully upsampled logits, ties and NaN too."""
     generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 11, 7, 9, generator=generator)
-    logits[:, 6] = logits[:, 2]  # exact ties between classes 2 and 6: the first one wins
-    logits[0, 9, 3, 4] = float("nan")  # NaN is the maximum, as in `argmax`
-    for input_size, output_size in [((28, 36), (61, 45)), (None, (13, 17)), ((28, 36), (28, 36))]:
-        expected = logits
-        if input_size is not None:
-            expected = F.interpolate(expected, size=input_size, mode="bilinear")
-        expected = F.interpolate(expected, size=output_size, mode="bilinear").argmax(dim=1)
-        for max_elements in (1, 3 * 2 * 61 * 45, 2**30):  # one class per chunk, three, all at once
-            got = semantic_segmentation_from_logits(
-                logits, output_size, input_size, max_upsampled_elements=max_elements
-            )
-            assert torch.equal(got, expected)
-        channels_last = logits.contiguous(memory_format=torch.channels_last)  # the same for any memory layout
-        assert torch.equal(semantic_segmentation_from_logits(channels_last, output_size, input_size), expected)
+    finite = torch.randn(2, 11, 7, 9, generator=generator)
+    finite[:, 6] = finite[:, 2]  # exact ties between classes 2 and 6: the first one wins
+    finite[0, 3, 5, 5] = finite[0, 8, 5, 5] = float("inf")  # tied infinities: the first one wins
+    with_nan = finite.clone()
+    with_nan[0, 9, 3, 4] = float("nan")  # NaN is the maximum, as in `argmax`
+    with_nan[1, 0, 2, 2] = with_nan[1, 4, 2, 2] = float("nan")  # the first NaN wins, class 0 included
+    for logits in (finite, with_nan):
+        for input_size, output_size in [((28, 36), (61, 45)), (None, (13, 17)), ((28, 36), (28, 36))]:
+            expected = logits
+            if input_size is not None:
+                expected = F.interpolate(expected, size=input_size, mode="bilinear")
+            expected = F.interpolate(expected, size=output_size, mode="bilinear").argmax(dim=1)
+            for max_elements in (1, 3 * 2 * 61 * 45, 2**30):  # one class per chunk, three, all at once
+                got = semantic_segmentation_from_logits(
+                    logits, output_size, input_size, max_upsampled_elements=max_elements
+                )
+                assert torch.equal(got, expected)
+            channels_last = logits.contiguous(memory_format=torch.channels_last)  # the same for any memory layout
+            assert torch.equal(semantic_segmentation_from_logits(channels_last, output_size, input_size), expected)
 
 
 def test_post_processing_resizes_through_the_model_input_size():

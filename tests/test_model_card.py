@@ -204,6 +204,8 @@ def test_card_snippets_run_against_the_local_folder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     sample_image((64, 64)).save(work / "image.jpg")
+    for name, size in (("a.jpg", (48, 64)), ("b.png", (64, 40)), ("c.jpg", (48, 64))):  # the batched call's files
+        sample_image(size).save(work / name)
     paths = []
     for index, snippet in enumerate(snippets):
         path = work / f"snippet_{index}.py"

@@ -1,4 +1,5 @@
-"""transformers' image-segmentation pipeline with SegRet: batched calls, padded batches, contiguous logits."""
+"""transformers' image-segmentation pipeline with SegRet: SegRet's pipeline class (batches of any sizes, images read
+as the processor reads them), padded batches through transformers' own class, contiguous logits."""
 
 import json
 import subprocess
@@ -13,7 +14,8 @@ from conftest import run_in_fresh_process, small_config
 from PIL import Image
 from transformers import pipeline
 
-from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
+from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor, SegRetImageSegmentationPipeline
+from modeling_segret.pipeline_segret import open_image
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -90,27 +92,93 @@ def test_padded_batch_mask_errors(model):
 
 
 def test_batched_pipeline_equals_one_by_one_calls(model):
-    """`pipeline(images, batch_size=4)` with any mix of sizes gives the masks of one-by-one calls, pixel for pixel.
+    """SegRet's pipeline class with the default (keep-ratio, unpadded) processor: `pipeline(images, batch_size=n)` with
+    any mix of sizes gives the masks of one-by-one calls of transformers' own pipeline, pixel for pixel."""
+    images = random_images()
+    processor = SegRetImageProcessor(size=KEEP_RATIO)
+    reference_pipeline = pipeline("image-segmentation", model=model, image_processor=processor)
+    segret_pipeline = pipeline(
+        "image-segmentation", model=model, image_processor=processor, pipeline_class=SegRetImageSegmentationPipeline
+    )
+    assert type(segret_pipeline) is SegRetImageSegmentationPipeline
+    label2id = model.config.label2id
+    expected = [class_map(reference_pipeline(image), label2id) for image in images]
+    assert len({tuple(np.unique(reference)) for reference in expected}) > 1  # not one class everywhere
+    for batch_size in (1, 4, 6):
+        results = segret_pipeline(images, batch_size=batch_size)
+        for image, segments, reference in zip(images, results, expected, strict=True):
+            classes = class_map(segments, label2id)
+            assert classes.shape == (image.height, image.width)
+            np.testing.assert_array_equal(classes, reference)
+    for image, reference in zip(images, expected, strict=True):
+        np.testing.assert_array_equal(class_map(segret_pipeline(image), label2id), reference)
 
-    transformers' pipeline preprocesses one image at a time and concatenates the pixel values, so a batch of mixed
-    sizes needs one padded size: `do_pad=True` with a `pad_size` that holds every resized image.
-    """
+
+def test_padded_batch_through_transformers_pipeline(model):
+    """transformers' own pipeline class concatenates the pixel values of a batch: a mix of sizes needs one padded
+    size, `do_pad=True` with a `pad_size` that holds every resized image; the masks then equal one-by-one calls."""
     images = random_images()
     one_by_one = pipeline("image-segmentation", model=model, image_processor=SegRetImageProcessor(size=KEEP_RATIO))
     padding = SegRetImageProcessor(size=KEEP_RATIO, do_pad=True, pad_size=CANVAS)
     batched = pipeline("image-segmentation", model=model, image_processor=padding)
     label2id = model.config.label2id
     expected = [class_map(one_by_one(image), label2id) for image in images]
-    for batch_size in (4, 6):
-        results = batched(images, batch_size=batch_size)
-        for image, segments, reference in zip(images, results, expected, strict=True):
-            classes = class_map(segments, label2id)
-            assert classes.shape == (image.height, image.width)
-            np.testing.assert_array_equal(classes, reference)
-    assert len({tuple(np.unique(reference)) for reference in expected}) > 1  # not one class everywhere
-    # The padded processor one image at a time gives the same masks as well.
-    for image, reference in zip(images, expected, strict=True):
-        np.testing.assert_array_equal(class_map(batched(image), label2id), reference)
+    for segments, reference in zip(batched(images, batch_size=4), expected, strict=True):
+        np.testing.assert_array_equal(class_map(segments, label2id), reference)
+    # SegRet's class ignores the padding (it batches by size), and gives the same masks with this processor too.
+    segret_pipeline = pipeline(
+        "image-segmentation", model=model, image_processor=padding, pipeline_class=SegRetImageSegmentationPipeline
+    )
+    for segments, reference in zip(segret_pipeline(images, batch_size=4), expected, strict=True):
+        np.testing.assert_array_equal(class_map(segments, label2id), reference)
+
+
+def test_pipeline_reads_16_bit_and_exif_photos_as_the_processor_does(model, tmp_path):
+    """A 16-bit PNG reaches the model on the processor's scale (transformers' `load_image` clips it to 8 bit first),
+    and an EXIF-rotated photo in its displayed orientation, with masks of the displayed size."""
+    processor = SegRetImageProcessor(size=KEEP_RATIO)
+    segret_pipeline = pipeline(
+        "image-segmentation", model=model, image_processor=processor, pipeline_class=SegRetImageSegmentationPipeline
+    )
+    rng = np.random.default_rng(1)
+    samples = rng.integers(0, 65536, (40, 60), dtype=np.uint16)
+    path = tmp_path / "depth.png"
+    Image.fromarray(samples).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    expected = processor(Image.open(path), return_tensors="pt")["pixel_values"][0]
+    for given in (str(path), Image.open(path)):
+        torch.testing.assert_close(segret_pipeline.preprocess(given)["pixel_values"][0], expected, rtol=0, atol=0)
+    clipped = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    assert (clipped - expected).abs().max() > 1  # what transformers' reader would have given: a different image
+    assert [class_map(segret_pipeline(str(path)), model.config.label2id).shape] == [(40, 60)]
+
+    stored = rng.integers(0, 256, (30, 70, 3), dtype=np.uint8)  # 70 wide, 30 high
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: turn 90° clockwise to display
+    photo_path = tmp_path / "phone.png"
+    photo.save(photo_path, exif=exif)
+    displayed = np.ascontiguousarray(np.rot90(stored, k=-1))  # k=-1: clockwise
+    expected = processor(displayed, return_tensors="pt")["pixel_values"][0]
+    inputs = segret_pipeline.preprocess(str(photo_path))
+    torch.testing.assert_close(inputs["pixel_values"][0], expected, rtol=0, atol=0)
+    assert inputs["target_size"] == [(70, 30)]
+    segments = segret_pipeline(str(photo_path))
+    assert segments[0]["mask"].size == (30, 70)  # PIL: (width, height) as displayed
+
+
+def test_pipeline_image_errors(tmp_path):
+    with pytest.raises(ValueError, match="neither an existing file, an http"):
+        open_image(str(tmp_path / "no-such-photo.jpg"))
+    with pytest.raises(TypeError, match="takes a PIL image, a path, a URL or a base64 string, got ndarray"):
+        open_image(np.zeros((4, 4, 3), dtype=np.uint8))
+    path = tmp_path / "image.png"
+    Image.fromarray(np.full((4, 5, 3), 7, dtype=np.uint8)).save(path)
+    import base64
+
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    for given in (encoded, "data:image/png;base64," + encoded):
+        assert np.asarray(open_image(given)).tolist() == np.asarray(Image.open(path)).tolist()
 
 
 REMOTE_BATCHED_PIPELINE = textwrap.dedent(
@@ -119,38 +187,54 @@ REMOTE_BATCHED_PIPELINE = textwrap.dedent(
     sys.modules["modeling_segret"] = None  # the package cannot be imported: only the folder's remote code runs
     import numpy as np
     from PIL import Image
-    from transformers import AutoImageProcessor, pipeline
+    from transformers import pipeline
 
     folder, sizes = sys.argv[1], json.loads(sys.argv[2])
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-    padding = AutoImageProcessor.from_pretrained(
-        folder, trust_remote_code=True, do_pad=True, pad_size={"height": 96, "width": 96}
-    )
-    one_by_one = pipeline("image-segmentation", model=folder, trust_remote_code=True)
-    batched = pipeline("image-segmentation", model=folder, trust_remote_code=True, image_processor=padding)
+    segmenter = pipeline("image-segmentation", model=folder, trust_remote_code=True)
 
     def classes(segments):
         array = np.full(segments[0]["mask"].size[::-1], -1)
         for segment in segments:
-            array[np.asarray(segment["mask"]) > 0] = one_by_one.model.config.label2id[segment["label"]]
+            array[np.asarray(segment["mask"]) > 0] = segmenter.model.config.label2id[segment["label"]]
         return array.tolist()
 
+    depth = f"{folder}/../depth.png"
+    Image.fromarray(rng.integers(0, 65536, (40, 60), dtype=np.uint16)).save(depth)
     print(json.dumps({
-        "one_by_one": [classes(one_by_one(image)) for image in images],
-        "batched": [classes(segments) for segments in batched(images, batch_size=4)],
+        "pipeline_class": type(segmenter).__name__,
+        "one_by_one": [classes(segmenter(image)) for image in images],
+        "batched": [classes(segments) for segments in segmenter(images, batch_size=4)],
+        "16_bit_pixels": segmenter.preprocess(depth)["pixel_values"][0].tolist(),
+        "16_bit_processor": segmenter.image_processor(Image.open(depth), return_tensors="pt")["pixel_values"][0]
+        .tolist(),
     }))
     """
 )
 
 
 def test_batched_pipeline_as_remote_code(model, tmp_path):
+    """A saved folder names SegRet's pipeline class in config.json: with trust_remote_code=True transformers'
+    `pipeline` builds it (batches of any sizes, 16-bit images on the processor's scale); through the installed package
+    without the flag, transformers' own class runs as before."""
     folder = tmp_path / "segret-remote"
     model.save_pretrained(folder)
     SegRetImageProcessor(size=KEEP_RATIO).save_pretrained(folder)
+    assert (folder / "pipeline_segret.py").is_file()
+    assert json.loads((folder / "config.json").read_text())["custom_pipelines"]["image-segmentation"]["impl"] == (
+        "pipeline_segret.SegRetImageSegmentationPipeline"
+    )
     report = run_in_fresh_process(REMOTE_BATCHED_PIPELINE, str(folder), json.dumps(IMAGE_SIZES), cwd=tmp_path)
+    assert report["pipeline_class"] == "SegRetImageSegmentationPipeline"
     assert [np.asarray(classes).shape for classes in report["batched"]] == IMAGE_SIZES
     assert report["batched"] == report["one_by_one"]
+    assert report["16_bit_pixels"] == report["16_bit_processor"]
+
+    segmenter = pipeline("image-segmentation", model=str(folder))  # the package is imported here: no flag needed
+    assert type(segmenter).__name__ == "ImageSegmentationPipeline"
+    assert not hasattr(segmenter.model.config, "custom_pipelines")
+    assert class_map(segmenter(random_images()[0]), model.config.label2id).shape == IMAGE_SIZES[0]
 
 
 @pytest.mark.slow

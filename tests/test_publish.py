@@ -68,12 +68,14 @@ def test_folder_is_self_contained(published, source):
         "modeling_segret.py",
         "image_processing_segret.py",
         "inference_segret.py",
+        "pipeline_segret.py",
         "eval_results.json",
         "eval_results_ms.json",
         "training_args.json",
     }
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) == set(REQUIRED_AUTO_MAP)
+    assert config["custom_pipelines"]["image-segmentation"]["impl"] == "pipeline_segret.SegRetImageSegmentationPipeline"
     assert config["id2label"] == {str(i): name for i, name in enumerate(CLASS_NAMES)}
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_segret.SegRetImageProcessor"}
@@ -238,11 +240,13 @@ def test_broken_folders_fail_loudly(published, source, tmp_path):
     del config["auto_map"]["AutoBackbone"]
     (broken / "config.json").write_text(json.dumps(config))
     (broken / "image_processing_segret.py").unlink()
+    (broken / "pipeline_segret.py").unlink()
     (broken / "__init__.py").write_text("")
     with pytest.raises(PublishError) as error:
         check_folder(broken)
     message = str(error.value)
     assert "lacks ['AutoBackbone']" in message and "image_processing_segret.py is missing" in message
+    assert "custom_pipelines['image-segmentation'] points to pipeline_segret.SegRetImageSegmentationPipeline" in message
     assert "__init__.py" in message
 
     # Code that only fails when it runs is caught by the fresh process.

@@ -548,15 +548,16 @@ label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[
 print({{model.config.id2label[int(i)] for i in label_map.unique()}})
 ```
 
-With the pipeline (one mask per class present, at the image's size):
+With the pipeline (one mask per class present, at the image's size; the repository's own pipeline class reads
+16-bit images on the processor's scale and batches images of any sizes):
 
 ```python
-from PIL import Image
 from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{repo_id}", trust_remote_code=True)
-for segment in segmenter(Image.open("image.jpg").convert("RGB")):
+for segment in segmenter("image.jpg"):
     print(segment["label"], segment["mask"].size)
+masks_per_image = segmenter(["a.jpg", "b.png", "c.jpg"], batch_size=4)  # any mix of sizes
 ```
 
 Multi-scale + flip inference (the paper's MS numbers) and sliding-window inference (an option; the paper's

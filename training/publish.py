@@ -309,6 +309,10 @@ def check_folder(folder: str | Path) -> dict[str, Any]:
         module = reference.split("--")[-1].split(".")[0]
         if not (folder / f"{module}.py").is_file():
             problems.append(f"auto_map points to {reference} but {module}.py is missing")
+    for task, entry in config.get("custom_pipelines", {}).items():
+        module = str(entry.get("impl", "")).split(".")[0]
+        if not (folder / f"{module}.py").is_file():
+            problems.append(f"custom_pipelines[{task!r}] points to {entry.get('impl')} but {module}.py is missing")
     for code_file in folder.glob("*.py"):
         for module in _relative_imports(code_file):
             if "." in module or not (folder / f"{module}.py").is_file():

@@ -709,24 +709,29 @@ def check_run_identity(checkpoint: Path, identity: dict, ignore: bool) -> None:
     helper_logger.warning(f"{message}\n(--ignore_run_mismatch: continuing with the new values)")
 
 
-def setup_logging(output_dir: Path, is_main_process: bool) -> list[logging.Handler]:
-    """INFO on the main process (warnings elsewhere) to the console and `output_dir/train.log`; returns the handlers."""
+def setup_logging(output_dir: Path, is_main_process: bool) -> tuple[list[logging.Handler], int]:
+    """INFO on the main process (warnings elsewhere) to the console and `output_dir/train.log`; returns the handlers
+    and the root logger's previous level, for `remove_logging`."""
     formatter = logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if is_main_process:
         handlers.append(logging.FileHandler(output_dir / TRAIN_LOG))
     root = logging.getLogger()
+    previous_level = root.level
     root.setLevel(logging.INFO if is_main_process else logging.WARNING)
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
-    return handlers
+    return handlers, previous_level
 
 
-def remove_logging(handlers: list[logging.Handler]) -> None:
+def remove_logging(handlers: list[logging.Handler], previous_level: int) -> None:
+    """Undoes `setup_logging`, so that `main` called in-process (tests, notebooks) leaves logging as it found it."""
+    root = logging.getLogger()
     for handler in handlers:
-        logging.getLogger().removeHandler(handler)
+        root.removeHandler(handler)
         handler.close()
+    root.setLevel(previous_level)
 
 
 def trim_loss_log(path: Path, step: int) -> None:
@@ -794,7 +799,7 @@ def main(argv: list[str] | None = None) -> dict:
         lock_error = broadcast_object_list([lock_error])[0]
     if lock_error:
         raise RuntimeError(lock_error)
-    handlers = setup_logging(output_dir, accelerator.is_main_process)
+    handlers, previous_level = setup_logging(output_dir, accelerator.is_main_process)
     if lock_note:
         logger.warning(lock_note, main_process_only=True)
     try:
@@ -805,7 +810,7 @@ def main(argv: list[str] | None = None) -> dict:
                 log_file.write(f"Training failed:\n{traceback.format_exc()}")
         raise
     finally:
-        remove_logging(handlers)
+        remove_logging(handlers, previous_level)
         lock.release()
     # Only now that train()'s model (DDP) and loaders are gone: freeing them after the process group can hang.
     accelerator.end_training()
@@ -834,8 +839,15 @@ def train(
     if args.resume_from_checkpoint:
         candidates = resume_candidates(output_dir, args.resume_from_checkpoint)
         if not candidates and list_checkpoints(output_dir):
-            problems = {path.name: checkpoint_problem(path) for _, path in list_checkpoints(output_dir)}
-            raise RuntimeError(f"No checkpoint in {output_dir} can be resumed from: {problems}")
+            reasons = [
+                f"{path.name}: {checkpoint_problem(path) or 'complete, but of another run than run.json names'}"
+                for _, path in list_checkpoints(output_dir)
+            ]
+            raise RuntimeError(
+                f"No checkpoint of this run in {output_dir} can be resumed from ({'; '.join(reasons)}). To continue "
+                "from another run's checkpoint, name its folder: --resume_from_checkpoint DIR/checkpoint-N (with "
+                "--ignore_run_mismatch if its recipe differs); to start afresh, pass --overwrite_output_dir instead."
+            )
         if not candidates:
             logger.warning(f"No checkpoint in {output_dir}: starting from scratch", main_process_only=True)
         for checkpoint in candidates:
