@@ -8,12 +8,13 @@ transformers' own `ImageSegmentationPipeline` differs in two ways that matter fo
 - it concatenates the pixel values of a batch, so `pipeline(images, batch_size=n)` fails as soon as two images resize
   to different sizes, which SegRet's keep-ratio resizing makes the rule.
 This subclass hands the image to the processor as stored (the processor applies the EXIF orientation and the 16-bit
-scale) and runs a batch as one model call per resized size, so a batched call equals one-by-one calls.
+scale) and runs a batch as one model call per resized size, so a batched call equals one-by-one calls. Its output is
+that of transformers' class: one mask per class present.
 
 Hub repositories name this class in `config.json`'s `custom_pipelines`, so `pipeline("image-segmentation", model=repo,
 trust_remote_code=True)` builds it. With the installed package, pass it as
 `pipeline("image-segmentation", model=..., pipeline_class=SegRetImageSegmentationPipeline)`. This file is copied flat
-into Hub repositories as remote code: it imports only the standard library, torch, Pillow and transformers.
+into Hub repositories as remote code: it imports only the standard library, NumPy, torch, Pillow and transformers.
 """
 
 import base64
@@ -23,6 +24,7 @@ import os
 import urllib.request
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -87,13 +89,32 @@ class SegRetImageSegmentationPipeline(ImageSegmentationPipeline):
         # A list of (num_labels, h, w): the pipeline splits it per image, each image's logits keeping their size.
         return {"logits": logits, "target_size": model_inputs["target_size"]}
 
-    def postprocess(self, model_outputs: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
+    def postprocess(
+        self, model_outputs: dict[str, Any], subtask: str | None = None, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         logits = model_outputs["logits"]
         if isinstance(logits, list):  # unbatched call: the one image's (num_labels, h, w) in a list
             logits = torch.stack(logits)
         outputs = SemanticSegmenterOutput(logits=logits)
-        outputs["target_size"] = model_outputs["target_size"]
-        return super().postprocess(outputs, **kwargs)
+        if subtask not in (None, "semantic"):  # transformers' class explains what it does not support
+            outputs["target_size"] = model_outputs["target_size"]
+            return super().postprocess(outputs, subtask=subtask, **kwargs)
+        target_sizes = model_outputs["target_size"]
+        class_map = self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)[0]
+        # One mask per class present, as transformers' class returns them (ascending class index, score None). The
+        # class map is compared in its smallest integer type: several times faster than int64 comparisons for a
+        # large photo with many classes present.
+        num_labels = logits.shape[1]
+        class_map = class_map.numpy().astype(np.uint8 if num_labels <= 256 else np.int32)
+        present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=num_labels))
+        return [
+            {
+                "score": None,
+                "label": self.model.config.id2label[int(label)],
+                "mask": Image.fromarray(np.equal(class_map, label).view(np.uint8) * np.uint8(255), mode="L"),
+            }
+            for label in present
+        ]
 
 
 __all__ = ["SegRetImageSegmentationPipeline"]

@@ -112,6 +112,15 @@ def test_batched_pipeline_equals_one_by_one_calls(model):
             np.testing.assert_array_equal(classes, reference)
     for image, reference in zip(images, expected, strict=True):
         np.testing.assert_array_equal(class_map(segret_pipeline(image), label2id), reference)
+    # The same output as transformers' class, item for item: one mask per class present, in class order.
+    for image in images[:2]:
+        ours, theirs = segret_pipeline(image), reference_pipeline(image)
+        assert [(s["score"], s["label"], s["mask"].mode) for s in ours] == [
+            (s["score"], s["label"], s["mask"].mode) for s in theirs
+        ]
+        assert all(a["mask"].tobytes() == b["mask"].tobytes() for a, b in zip(ours, theirs, strict=True))
+    with pytest.raises(ValueError, match="Subtask panoptic is not supported"):
+        segret_pipeline(images[0], subtask="panoptic")
 
 
 def test_padded_batch_through_transformers_pipeline(model):
