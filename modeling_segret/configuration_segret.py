@@ -1,6 +1,7 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
 """SegRet model configuration."""
 
+import copy
 import os
 import shutil
 from collections.abc import Sequence
@@ -77,8 +78,6 @@ SEGRET_VARIANTS: dict[str, dict] = {
     },
 }
 
-# Written into every saved config.json (with the code files) once the classes are registered for the Auto API,
-# so a saved folder loads with `trust_remote_code=True` where this package is not installed.
 # Types checked by `SegRetConfig.validate_architecture`: scalar fields, and the lists with one value per stage.
 _SCALAR_TYPES = {
     "num_channels": int,
@@ -117,6 +116,8 @@ def _as_list(values: object) -> object:
     return list(values) if isinstance(values, tuple) else values
 
 
+# Written into every saved config.json (with the code files) once the classes are registered for the Auto API,
+# so a saved folder loads with `trust_remote_code=True` where this package is not installed.
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_segret.SegRetConfig",
     "AutoModel": "modeling_segret.SegRetModel",
@@ -246,7 +247,7 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         if self._writes_remote_pipeline():
-            output["custom_pipelines"] = REMOTE_CODE_PIPELINES
+            output["custom_pipelines"] = copy.deepcopy(REMOTE_CODE_PIPELINES)
         return output
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
