@@ -145,9 +145,11 @@ def _resize_bilinear_numpy(image: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return top * top_weight[:, None] + bottom * bottom_weight[:, None]
 
 
-# Values upsampled at once by `semantic_segmentation_from_logits`: 256 MiB of float32 per chunk of classes, so a
-# 512² prediction with 150 classes is one chunk and a 3000×2000 one takes 14.
-MAX_UPSAMPLED_ELEMENTS = 2**26
+# Values upsampled at once by `semantic_segmentation_from_logits`: 1 MiB of float32 per chunk of classes, i.e. one
+# class plane at a time for predictions of 512² and more. Small chunks are also the fastest: the running maximum reads
+# each upsampled plane while it is still in cache (measured on a 2-core EPYC, 150 classes: 512² 76 vs 154 ms with
+# 256 MiB chunks, 1024×2048 via 512×1024 0.70 vs 1.41 s).
+MAX_UPSAMPLED_ELEMENTS = 2**18
 
 
 def semantic_segmentation_from_logits(
