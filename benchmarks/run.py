@@ -592,14 +592,21 @@ def memory_child(name: str, height: int, width: int) -> None:
     print(json.dumps({"before": before, "peak": peak, "seconds": seconds}))
 
 
+def fresh_process_report(child_flag: str, name: str, height: int, width: int, threads: int) -> dict:
+    """Runs `run.py --<child_flag> name --size height width` in a fresh process; its JSON report (GiB, seconds)."""
+    command = [sys.executable, __file__, child_flag, name, "--size", str(height), str(width)]
+    command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{child_flag} {name} {height}×{width} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def part_memory(args, matmul) -> list[Row]:
     height, width = (256, 512) if args.quick else (1024, 2048)
     rows = []
     for name in MEMORY_MODELS:
-        command = [sys.executable, __file__, "--memory-child", name, "--size", str(height), str(width)]
-        command += ["--threads", str(args.threads)]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        report = json.loads(result.stdout.strip().splitlines()[-1])
+        report = fresh_process_report("--memory-child", name, height, width, args.threads)
         row = Row(f"whole image {height}×{width}, batch 1", name, 1e3 * report["seconds"])
         row.memory = (
             f"{report['peak']:.2f} GiB peak RSS (+{report['peak'] - report['before']:.2f} over the loaded model)"
@@ -728,10 +735,7 @@ def part_postprocess_memory(args, matmul) -> list[Row]:
     height, width = (600, 400) if args.quick else (3000, 2000)
     rows = []
     for name in POSTPROCESS_MEMORY:
-        command = [sys.executable, __file__, "--postprocess-child", name, "--size", str(height), str(width)]
-        command += ["--threads", str(args.threads)]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        report = json.loads(result.stdout.strip().splitlines()[-1])
+        report = fresh_process_report("--postprocess-child", name, height, width, args.threads)
         row = Row(f"post-processing one {height}×{width} photo, {NUM_LABELS} classes", name, 1e3 * report["seconds"])
         growth = report["peak"] - report["before"]
         row.memory = f"{report['peak']:.2f} GiB peak RSS (+{growth:.2f} for the post-processing)"
@@ -769,12 +773,7 @@ def highres_rounds(args, height: int, width: int) -> int:
 
 def cpu_peak_memory(name: str, height: int, width: int, threads: int) -> tuple[float, float]:
     """(peak, growth over the loaded model) resident GiB of one forward in a fresh process (see `memory_child`)."""
-    command = [sys.executable, __file__, "--memory-child", name, "--size", str(height), str(width)]
-    command += ["--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"memory child {name} {height}×{width} failed:\n{result.stderr[-3000:]}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = fresh_process_report("--memory-child", name, height, width, threads)
     return report["peak"], report["peak"] - report["before"]
 
 
