@@ -2,7 +2,8 @@
 
 This re-implements the forward pass the way the official code writes it (github.com/qhfan/RMT,
 `segmentation/mmseg/models/backbones/RMT.py`, and the SegRet head as an MMSegmentation decode head), from
-SPEC.md §1-4, without calling any `forward` of `modeling_segret` (only its parameters and buffers are read):
+docs/architecture.md §1-4, without calling any `forward` of `modeling_segret` (only its parameters and buffers are
+read):
 
 - relative-position tables recomputed at every stage call (`RetNetRelPos2d.forward`), the (N, L, L) global decay
   mask materialised in full;

@@ -324,7 +324,7 @@ def format_table(reports: Sequence[ComplexityReport], markdown: bool = True, bre
 
 
 def parameter_reconciliation(num_labels: int = 150) -> list[dict]:
-    """How the paper's parameter counts arise from this implementation's (SPEC §5), per variant.
+    """How the paper's parameter counts arise from this implementation's (docs/architecture.md §5), per variant.
 
     Each row has this implementation's counts, the counts without the FFN depth-wise convolution (the older RMT
     code the paper's Base/Large figures match), the decoder as mmcv's per-module print shows it (without the

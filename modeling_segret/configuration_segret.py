@@ -30,7 +30,7 @@ except ImportError:  # transformers 4.57
 
 RETENTION_MODES = ("decomposed", "global")
 
-# The paper's four variants (SPEC §2): RMT-T/S/B/L backbones; decoder width 512 for Large.
+# The paper's four variants (docs/architecture.md §2): RMT-T/S/B/L backbones; decoder width 512 for Large.
 SEGRET_VARIANTS: dict[str, dict] = {
     "tiny": {
         "embed_dims": [64, 128, 256, 512],

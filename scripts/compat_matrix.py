@@ -2,10 +2,12 @@
 """Checks that a saved SegRet folder loads as Hub remote code on many transformers versions.
 
 For each version, a small virtual environment is built once and cached in `.cache/compat-venvs/` (git ignores
-`.cache/`): `python -m venv --system-site-packages --without-pip` reuses the installed torch, NumPy and Pillow; the
-transformers wheel (downloaded once into `.cache/compat-wheels/`) is extracted into it, and a `.pth` file adds a
-shared layer in `.cache/compat-layers/` with the huggingface_hub / tokenizers versions that wheel requires
-(`pip install --target`, torch constrained to the installed version). torch is never installed there (checked). A
+`.cache/`): `python -m venv --without-pip`, with the transformers wheel (downloaded once into `.cache/compat-wheels/`)
+extracted into it, and two `.pth` files: the first adds a shared layer in `.cache/compat-layers/` with the
+huggingface_hub / tokenizers versions that wheel requires (`pip install --target`, torch constrained to the installed
+version), the second the site-packages of the interpreter running this script (a virtualenv's or the system's,
+whichever holds torch, NumPy and Pillow), so they are reused, never installed again (checked). A venv built for
+another environment is rebuilt. A
 folder saved by the current environment is then loaded in each venv by `scripts/compat_probe.py`, in a fresh
 process where the `modeling_segret` package cannot be imported, and in the
 reverse direction a folder saved by each venv (with the package) is loaded by the current environment.
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.metadata
 import json
 import os
+import site
 import subprocess
 import sys
 import tempfile
@@ -104,38 +108,50 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
 
 
+def environment_site_packages() -> list[str]:
+    """The site-packages folders of the running interpreter, in its own order: a virtualenv's (and the base
+    interpreter's, where the virtualenv includes them) or the system's. Not `--system-site-packages`: inside a
+    user's virtualenv that is the base Python, which holds none of the project's dependencies."""
+    folders = site.getsitepackages()
+    if site.ENABLE_USER_SITE:
+        folders.append(site.getusersitepackages())
+    return [folder for folder in folders if Path(folder).is_dir()]
+
+
 def ensure_venv(version: str, extra_requirements: tuple[str, ...] = (), name_suffix: str = "") -> Path:
-    """Builds (once) the venv for `transformers==version` (plus `extra_requirements`, in the venv named with
-    `name_suffix`); returns its python. Raises RuntimeError on failure."""
+    """Builds (once per environment) the venv for `transformers==version` (plus `extra_requirements`, in the venv
+    named with `name_suffix`); returns its python. Raises RuntimeError on failure."""
     python = venv_python(version, name_suffix)
     venv_dir = python.parent.parent
+    stamp = json.dumps({"transformers": version, "environment": environment_site_packages()})
     VENVS.mkdir(parents=True, exist_ok=True)
     with open(VENVS / f"{venv_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process (e.g. a parallel test run) may be building it
-        if not (venv_dir / ".complete").exists():
+        complete = venv_dir / ".complete"
+        if not complete.exists() or complete.read_text() != stamp:
             _build_venv(version, venv_dir, extra_requirements)
+            complete.write_text(stamp)
     return python
 
 
 def _build_venv(version: str, venv_dir: Path, extra_requirements: tuple[str, ...]) -> None:
-    """A venv without pip (fast to create) that sees the system site-packages (torch), the transformers wheel
-    extracted into its own site-packages (a pure-Python wheel: extracting is installing), and, through a `.pth`
-    file, a shared layer holding the huggingface_hub / tokenizers (+ extras) versions this transformers accepts."""
-    _check(
-        _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", "--clear", str(venv_dir)]),
-        "venv",
-    )
+    """A venv without pip (fast to create) with the transformers wheel extracted into its own site-packages (a
+    pure-Python wheel: extracting is installing) and two `.pth` files, read in name order, so the venv's own packages
+    come first, then a shared layer holding the huggingface_hub / tokenizers (+ extras) versions this transformers
+    accepts, then the running environment (torch, NumPy, Pillow). Only the venv's own site-packages is a site
+    folder: the `.pth` files of the running environment (e.g. an editable install of this package) are not run."""
+    _check(_run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv_dir)]), "venv")
     wheel = _download_wheel(version)
     site_packages = next(venv_dir.glob("lib/python*/site-packages"))
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site_packages)
     layer = _ensure_layer((*_wheel_requirements(wheel, ("huggingface-hub", "tokenizers")), *extra_requirements))
-    (site_packages / "segret-compat-layer.pth").write_text(f"{layer}\n")
+    (site_packages / "segret-compat-1-layer.pth").write_text(f"{layer}\n")
+    (site_packages / "segret-compat-2-environment.pth").write_text("\n".join(environment_site_packages()) + "\n")
     for directory in (site_packages, layer):
         if any(directory.glob("torch")) or any(directory.glob("torch-*")):
-            raise RuntimeError(f"torch was installed into {directory}; the matrix must reuse the system torch")
+            raise RuntimeError(f"torch was installed into {directory}; the matrix must reuse the installed torch")
     _check(_run([str(venv_dir / "bin" / "python"), "-c", "import transformers, torch"]), "import")
-    (venv_dir / ".complete").write_text(version + "\n")
 
 
 def _download_wheel(version: str) -> Path:
@@ -158,7 +174,7 @@ def _ensure_layer(requirements: tuple[str, ...]) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (layer / ".complete").exists():
             constraints = LAYERS / "constraints.txt"
-            constraints.write_text("torch==2.13.0\n")
+            constraints.write_text(f"torch=={importlib.metadata.version('torch')}\n")
             command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
             command += ["--upgrade", "--target", str(layer), "-c", str(constraints), *requirements]
             _check(_run(command), f"install {list(requirements)}")

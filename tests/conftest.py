@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 if not os.environ.get("SEGRET_TRANSFORMERS_TESTS"):
     collect_ignore = ["conformance"]
 
-# SPEC §5 (150 classes): backbone with its four extra norms, decoder, total.
+# docs/architecture.md §5 (150 classes): backbone with its four extra norms, decoder, total.
 SPEC_PARAMETERS = {
     "tiny": (12_783_776, 794_774, 13_578_550),
     "small": (25_416_800, 794_774, 26_211_574),
@@ -44,6 +44,24 @@ def small_config(**overrides) -> SegRetConfig:
     )
     values.update(overrides)
     return SegRetConfig(**values)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (multi-process training, the demo, venvs, ONNX); CI always does",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without --run-slow, the slow tests are deselected (reported as such), so the default run is the fast loop."""
+    if config.getoption("--run-slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture

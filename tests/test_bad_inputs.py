@@ -449,6 +449,7 @@ def test_resume_falls_back_to_the_previous_checkpoint_exactly(reference, scenes,
     assert not list(run.glob(".deleting-*"))
 
 
+@pytest.mark.slow
 def test_kill_while_a_checkpoint_is_written_loses_nothing(reference, scenes, tmp_path):
     """SIGKILL in the middle of writing checkpoint-6: resuming continues from checkpoint-3, exactly."""
     run = tmp_path / "run"

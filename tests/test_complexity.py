@@ -1,4 +1,4 @@
-"""Parameter and FLOP report: SPEC §5 parameters exactly, SPEC §6 FLOPs (paper's convention) within 0.5%."""
+"""Parameter and FLOP report: docs/architecture.md §5 parameters exactly, §6 FLOPs (paper's convention) within 0.5%."""
 
 import json
 
@@ -16,7 +16,8 @@ from modeling_segret.complexity import (
     parameter_reconciliation,
 )
 
-# SPEC §6: MMSegmentation get_flops convention at 1024×1024, this implementation (with the FFN depth-wise conv).
+# docs/architecture.md §6: MMSegmentation get_flops convention at 1024×1024, this implementation (with the FFN
+# depth-wise conv).
 SPEC_GFLOPS_1024 = {"tiny": 72.83, "small": 118.46, "base": 232.45, "large": 482.41}
 
 
@@ -44,7 +45,8 @@ def test_paper_convention_flops_match_spec(reports, variant):
 
 @pytest.mark.parametrize(("variant", "parameters"), [("base", 53_029_918), ("large", 95_793_902)])
 def test_paper_base_and_large_without_ffn_depthwise_conv(variant, parameters):
-    """SPEC §5/§6: the paper's Base/Large numbers are a backbone without the FFN depth-wise convolution."""
+    """docs/architecture.md §5/§6: the paper's Base/Large numbers are a backbone without the FFN depth-wise
+    convolution."""
     report = measure_variant(variant, (1024, 1024), ffn_depthwise_conv=False)
     assert report.parameters["total"] == parameters
     assert abs(report.flops["total"].paper / 1e9 / PAPER_GFLOPS[variant] - 1) < 0.0005
@@ -56,7 +58,8 @@ def test_reconciliation_reproduces_paper_figures():
         assert round(rows[variant]["mmcv_decoder"] / 1e6, 3) == paper_decoder
     assert round(rows["base"]["mmcv_total_without_ffn_depthwise_conv"] / 1e6, 2) == 53.05
     assert round(rows["large"]["mmcv_total_without_ffn_depthwise_conv"] / 1e6, 2) == 95.81
-    assert 510_000 < rows["tiny"]["unexplained"] < 520_000  # SPEC §5: +0.517M no known component explains
+    # docs/architecture.md §5: +0.517M that no known component explains
+    assert 510_000 < rows["tiny"]["unexplained"] < 520_000
     assert rows["tiny"]["ffn_depthwise_conv"] == 103_680 and rows["large"]["ffn_depthwise_conv"] == 579_200
 
 

@@ -144,6 +144,7 @@ def test_shard_sampler_covers_each_row_once():
     assert sorted(sum(shards, [])) == list(range(7)) and [len(s) for s in shards] == [3, 2, 2]
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
     # `python -m torch.distributed.run` is `torchrun`; --standalone picks a free port.
     num_samples, num_labels = 7, 6  # odd: the shards are 4 and 3 samples

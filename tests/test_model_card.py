@@ -74,7 +74,7 @@ def test_card_without_results_has_no_model_index(tiny_ade20k_card):
     assert "model-index" not in metadata
     assert "The results in this card are the paper's, not this checkpoint's" in tiny_ade20k_card
     assert "| **ADE20K** | **48.76** | **49.39** |" in tiny_ade20k_card
-    # Parameters, FLOPs (paper's convention = SPEC §6 at 1024×1024), reconciliation, recipe, citations.
+    # Parameters, FLOPs (paper's convention = docs/architecture.md §6 at 1024×1024), reconciliation, recipe, citations.
     assert "**13,578,550**" in tiny_ade20k_card and "| 1024×1024 | 72.83 |" in tiny_ade20k_card
     assert "| Tiny | 13,578,550 | 13,474,870 | 13,494,220 | 14.01M | +0.516M |" in tiny_ade20k_card
     assert "configuration/recipes/segret-tiny-ade20k.yaml" in tiny_ade20k_card

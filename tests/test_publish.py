@@ -56,6 +56,7 @@ def published(source, tmp_path_factory):
     return folder, validate(folder, source)
 
 
+@pytest.mark.slow
 def test_folder_is_self_contained(published, source):
     folder, _ = published
     files = {path.name for path in folder.iterdir()}
@@ -161,6 +162,7 @@ def test_push_sends_one_commit_with_every_file(published, monkeypatch):
     assert deleted == ["model-00001-of-00002.safetensors"]  # stale file of an earlier upload; README is replaced
 
 
+@pytest.mark.slow
 def test_command_line_validates_then_pushes(source, tmp_path, monkeypatch, capsys):
     api = RecordingApi(monkeypatch)
     output = tmp_path / "repo"

@@ -45,6 +45,7 @@ def stage_positions(model):
 # ------------------------------------------------------------------------------------------------ the oracle itself
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("input_index", [0, 1])
 def test_oracle_reproduces_the_official_code(input_index):
     """The official-formulation oracle gives the official RMT outputs stored in the parity fixture."""
@@ -61,6 +62,7 @@ def test_oracle_reproduces_the_official_code(input_index):
 # ------------------------------------------------------------------------------- fused retention and folded decoder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 3, 64, 96), (1, 3, 97, 45)])
 def test_inference_equals_official_formulation_in_float64(shape):
     """Fused attention, position tables and the folded decoder: the official formulation to 1e-10 in float64."""
@@ -202,6 +204,7 @@ def dense_global_mask(position, height, width):
     return (distance * decay.double()[:, None, None])[None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_global_retention_equals_official_formulation_at_any_batch_and_odd_sizes(batch_size):
     """One path for every batch size and map shape (odd, wide, tall), float64 to 1e-10."""
@@ -268,6 +271,7 @@ def test_no_new_state_after_from_pretrained(tmp_path):
 # ------------------------------------------------------------------------------------------------------ training
 
 
+@pytest.mark.slow
 def test_training_gradients_equal_official_formulation():
     """Forward and backward through the fused paths give the official formulation's loss and gradients."""
     config = small_config(drop_path_rate=0.0, decoder_dropout=0.0)
@@ -295,6 +299,7 @@ def test_training_gradients_equal_official_formulation():
         torch.testing.assert_close(gradient, official_gradients[name], rtol=1e-8, atol=1e-12, msg=name)
 
 
+@pytest.mark.slow
 def test_compiled_inference_with_folded_decoder_matches_eager():
     model = trained_like(SegRetForSemanticSegmentation(small_config())).eval()
     pixel_values = torch.randn(1, 3, 64, 64)

@@ -64,7 +64,8 @@ RMT_ARXIV = "https://arxiv.org/abs/2309.11523"
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A benchmark of the paper: names, Hub dataset and the paper's setting (SPEC §8, datasets.md §2)."""
+    """A benchmark of the paper: names, Hub dataset and the paper's setting (docs/architecture.md §8,
+    docs/protocol.md)."""
 
     key: str  # preset name in training/presets.py
     slug: str  # in repository names
@@ -138,7 +139,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 _DATASET_ALIASES = {"coco-stuff": "coco_stuff", "cocostuff": "coco_stuff", "ade": "ade20k", "scene_parse_150": "ade20k"}
 
-# SPEC §8: the paper's mIoU (single-scale, multi-scale + flip) per variant and dataset.
+# docs/architecture.md §8: the paper's mIoU (single-scale, multi-scale + flip) per variant and dataset.
 PAPER_RESULTS: dict[tuple[str, str], tuple[float, float]] = {
     ("tiny", "ade20k"): (48.76, 49.39),
     ("small", "ade20k"): (50.7, 51.29),
