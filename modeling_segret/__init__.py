@@ -1,17 +1,14 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
 """SegRet for transformers: importing this package registers SegRet with the Auto classes.
 
-The classes are also registered for remote code, so `save_pretrained` writes the model's code files and a complete
-`auto_map`: a saved folder then loads with `trust_remote_code=True` where this package is not installed.
+The classes are also registered for remote code, so `save_pretrained` writes a complete `auto_map` and the code files
+(`REMOTE_CODE_FILES`): a saved folder then loads with `trust_remote_code=True` where this package is not installed.
 """
 
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
-# transformers 5.4 - 5.17 without torchvision export a placeholder as `transformers.AutoImageProcessor`, whose every
-# use raises; the class in its own module works on every version.
-from transformers.models.auto.image_processing_auto import AutoImageProcessor
-
-from .configuration_segret import SEGRET_VARIANTS, SegRetConfig, segret_variant_config
+from .compat_segret import register_image_processor
+from .configuration_segret import REMOTE_CODE_FILES, SEGRET_VARIANTS, SegRetConfig, segret_variant_config
 from .image_processing_segret import SegRetImageProcessor
 from .modeling_segret import (
     SegRetBackbone,
@@ -24,11 +21,9 @@ AutoConfig.register(SegRetConfig.model_type, SegRetConfig, exist_ok=True)
 AutoModel.register(SegRetConfig, SegRetModel, exist_ok=True)
 AutoBackbone.register(SegRetConfig, SegRetBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(SegRetConfig, SegRetForSemanticSegmentation, exist_ok=True)
-try:  # transformers >= 5.4: one image processor class per backend
-    AutoImageProcessor.register(SegRetConfig, image_processor_classes={"pil": SegRetImageProcessor}, exist_ok=True)
-except TypeError:  # transformers 4.57 - 5.3: the "slow" (NumPy / PIL) class
-    AutoImageProcessor.register(SegRetConfig, slow_image_processor_class=SegRetImageProcessor, exist_ok=True)
+register_image_processor(SegRetConfig, SegRetImageProcessor)
 
+# For remote code: a save then writes these classes' `auto_map` entries and the code files, `REMOTE_CODE_FILES`.
 SegRetConfig.register_for_auto_class("AutoConfig")
 SegRetModel.register_for_auto_class("AutoModel")
 SegRetBackbone.register_for_auto_class("AutoBackbone")
@@ -46,6 +41,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "REMOTE_CODE_FILES",
     "SEGRET_VARIANTS",
     "SegRetBackbone",
     "SegRetConfig",

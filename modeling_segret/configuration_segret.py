@@ -8,25 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# --- Compatibility with transformers 4.57 ... 5.x (this file is Hub remote code): newest location first. -------------
-try:  # transformers >= 5.1
-    from transformers.backbone_utils import BackboneConfigMixin
-except ImportError:  # transformers 4.57 - 5.0: the older module, without `set_output_features_output_indices`
-    from transformers.utils.backbone_utils import BackboneConfigMixin as _BackboneConfigMixin
-    from transformers.utils.backbone_utils import get_aligned_output_features_output_indices
-
-    class BackboneConfigMixin(_BackboneConfigMixin):
-        def set_output_features_output_indices(self, out_features, out_indices) -> None:
-            self._out_features, self._out_indices = get_aligned_output_features_output_indices(
-                out_features=out_features, out_indices=out_indices, stage_names=self.stage_names
-            )
-
-
-try:  # transformers >= 5.0
-    from transformers.configuration_utils import PreTrainedConfig
-except ImportError:  # transformers 4.57
-    from transformers.configuration_utils import PretrainedConfig as PreTrainedConfig
-# ---------------------------------------------------------------------------------------------------------------------
+from .compat_segret import BackboneConfigMixin, PreTrainedConfig
 
 RETENTION_MODES = ("decomposed", "global")
 
@@ -116,8 +98,21 @@ def _as_list(values: object) -> object:
     return list(values) if isinstance(values, tuple) else values
 
 
-# Written into every saved config.json (with the code files) once the classes are registered for the Auto API,
-# so a saved folder loads with `trust_remote_code=True` where this package is not installed.
+# The Hub remote code: the files of this folder that a saved model carries, so that it loads with
+# `trust_remote_code=True` where this package is not installed. This tuple is the one list of them:
+# `SegRetConfig.save_pretrained` writes them (transformers itself copies only the files of the classes registered for
+# the Auto API and their relative imports) and training/publish.py checks that a published folder holds them.
+REMOTE_CODE_FILES = (
+    "configuration_segret.py",  # AutoConfig
+    "modeling_segret.py",  # AutoModel, AutoBackbone, AutoModelForSemanticSegmentation
+    "image_processing_segret.py",  # AutoImageProcessor
+    "pipeline_segret.py",  # config.json's custom_pipelines (below)
+    "inference_segret.py",  # sliding-window and multi-scale inference, for the model card's snippet
+    "compat_segret.py",  # the transformers-version shims the files above import
+)
+_CODE_FOLDER = Path(__file__).parent
+
+# Written into every saved config.json (with the code files) once the classes are registered for the Auto API.
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_segret.SegRetConfig",
     "AutoModel": "modeling_segret.SegRetModel",
@@ -135,7 +130,6 @@ REMOTE_CODE_PIPELINES = {
         "type": "image",
     }
 }
-_PIPELINE_FILE = Path(__file__).with_name("pipeline_segret.py")
 # transformers refuses to build any pipeline for a config that names a custom one unless trust_remote_code=True. Only
 # the remote-code copy of this class (a module under `transformers_modules`) therefore keeps `custom_pipelines`:
 # through the installed package, `pipeline("image-segmentation", model=folder)` keeps working without the flag.
@@ -239,21 +233,25 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
         if custom_pipelines and _LOADED_AS_REMOTE_CODE:
             self.custom_pipelines = custom_pipelines
 
-    def _writes_remote_pipeline(self) -> bool:
-        """Whether a save writes the pipeline class with the code files (a remote-code copy loaded without
-        pipeline_segret.py next to it cannot)."""
-        return bool(getattr(self, "auto_map", None)) and _PIPELINE_FILE.is_file()
+    def _remote_code_files(self) -> list[Path]:
+        """The code files a save writes: with an `auto_map` (the classes are registered for the Auto API), those of
+        `REMOTE_CODE_FILES` next to this file (a remote-code copy has only those it was loaded with)."""
+        if not getattr(self, "auto_map", None):
+            return []
+        return [_CODE_FOLDER / name for name in REMOTE_CODE_FILES if (_CODE_FOLDER / name).is_file()]
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        if self._writes_remote_pipeline():
+        if _CODE_FOLDER / "pipeline_segret.py" in self._remote_code_files():
             output["custom_pipelines"] = copy.deepcopy(REMOTE_CODE_PIPELINES)
         return output
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
-        if self._writes_remote_pipeline():
+        code_files = self._remote_code_files()
+        if code_files:
             os.makedirs(save_directory, exist_ok=True)
-            shutil.copy(_PIPELINE_FILE, Path(save_directory) / _PIPELINE_FILE.name)
+        for code_file in code_files:
+            shutil.copy(code_file, Path(save_directory) / code_file.name)
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     @property

@@ -3,7 +3,7 @@
 resize shared with the evaluation path (a NumPy version of it otherwise) and for post-processing.
 
 This file is copied flat into Hub repositories as remote code, so it imports only the standard library, NumPy,
-Pillow, transformers and (guarded) torch.
+Pillow, transformers, (guarded) torch and its neighbour compat_segret.py (the transformers-version shims).
 """
 
 import math
@@ -19,38 +19,15 @@ from transformers.image_utils import (
     ChannelDimension,
     ImageInput,
     PILImageResampling,
-    SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, is_torch_available, logging
 
+from .compat_segret import ImageProcessorBase, SemanticSegmentationPostProcessorOutput, SizeDict, size_items
+
 if is_torch_available():
     import torch
     import torch.nn.functional as F
-
-# --- Compatibility with transformers 4.57 ... 5.x (this file is Hub remote code): newest location first. -------------
-try:  # transformers >= 5.4: the base class of NumPy / PIL image processors
-    from transformers.image_processing_backends import PilBackend as ImageProcessorBase
-except ImportError:  # transformers 4.57 - 5.3: the classic base class
-    from transformers.image_processing_utils import BaseImageProcessor as ImageProcessorBase
-
-if not hasattr(SizeDict, "__iter__"):  # transformers 4.57 - 5.3: `dict(processor.size)` as on newer versions
-
-    class SizeDict(SizeDict):
-        def __iter__(self):
-            yield from _size_items(self).items()
-
-
-try:  # newer transformers: the output class of `post_process_semantic_segmentation(return_segmentation_scores=True)`
-    from transformers.image_processing_outputs import (
-        SemanticSegmentationPostProcessorOutput as _SemanticSegmentationOutput,
-    )
-except ImportError:  # older releases have no such class; it is a `BatchFeature` with two keys
-    _SemanticSegmentationOutput = BatchFeature
-
-# The base class only saves, loads and calls `preprocess`: SegRetImageProcessor sets its settings, merges per-call
-# options, validates, resizes, rescales, normalises and pads itself, so it computes the same on every version.
-# ---------------------------------------------------------------------------------------------------------------------
 
 logger = logging.get_logger(__name__)
 
@@ -91,12 +68,6 @@ def scale_keeping_ratio(height: int, width: int, scale: float) -> tuple[int, int
     """`(height, width)` scaled by `scale` with mmcv's rounding, `int(side * scale + 0.5)`, and at least one pixel
     (mmcv would give a 0-pixel side for extreme aspect ratios, e.g. 1 x 10000)."""
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-
-
-def _size_items(size: SizeDict) -> dict[str, int]:
-    """The keys that are set in a `SizeDict` (whose fields and methods differ between transformers versions)."""
-    names = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
-    return {name: getattr(size, name) for name in names if getattr(size, name, None) is not None}
 
 
 def _resize_plane(plane: np.ndarray, output_size: tuple[int, int], resample: PILImageResampling | int) -> np.ndarray:
@@ -375,7 +346,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         output = super().to_dict()
         for name in ("size", "pad_size"):
             if isinstance(output.get(name), SizeDict):
-                output[name] = _size_items(output[name])
+                output[name] = size_items(output[name])
         return output
 
     def _validate_preprocess_kwargs(
@@ -408,16 +379,16 @@ class SegRetImageProcessor(ImageProcessorBase):
         if do_normalize and (image_mean is None or image_std is None):
             raise ValueError("`image_mean` and `image_std` must be given when `do_normalize=True`.")
         if do_resize:
-            size_keys = set(_size_items(size))
+            size_keys = set(size_items(size))
             is_fixed_size = size_keys == {"height", "width"}
             is_keep_ratio = bool(size_keys) and size_keys <= {"shortest_edge", "longest_edge"}
             if not (is_fixed_size or is_keep_ratio):
                 raise ValueError(
                     "`size` must be a fixed size {'height': h, 'width': w} or a keep-ratio bound "
-                    f"{{'shortest_edge': s, 'longest_edge': l}} (either key optional), got {_size_items(size)}."
+                    f"{{'shortest_edge': s, 'longest_edge': l}} (either key optional), got {size_items(size)}."
                 )
         if do_pad and pad_size is not None and not (pad_size.height and pad_size.width):
-            raise ValueError(f"`pad_size` must be {{'height': h, 'width': w}}, got {_size_items(pad_size)}.")
+            raise ValueError(f"`pad_size` must be {{'height': h, 'width': w}}, got {size_items(pad_size)}.")
 
     def _preprocess_image_like_inputs(
         self,
@@ -678,7 +649,7 @@ class SegRetImageProcessor(ImageProcessorBase):
                     scores if input_size is None else resize_bilinear(scores, input_size), target_size
                 )
             results.append(
-                _SemanticSegmentationOutput(
+                SemanticSegmentationPostProcessorOutput(
                     data={"segmentation": scores[0].argmax(dim=0), "segmentation_scores": scores[0]}
                 )
             )

@@ -18,30 +18,8 @@ from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithNoA
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
+from .compat_segret import BackboneMixin, allow_in_image_segmentation_pipeline, init
 from .configuration_segret import SegRetConfig
-
-# --- Compatibility with transformers 4.57 ... 5.x (this file is Hub remote code): newest location first. -------------
-try:  # transformers >= 5.0: initialisers that skip parameters already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # transformers 4.57: `_init_weights` only ever sees modules whose weights were not loaded
-    from torch.nn import init
-
-try:  # transformers >= 5.1: `BackboneMixin.__init__` takes out_features / out_indices from the config
-    from transformers.backbone_utils import BackboneMixin
-except ImportError:  # transformers 4.57 - 5.0: the older module, where the model calls `_init_backbone` itself
-    from transformers.utils.backbone_utils import BackboneMixin as _BackboneMixin
-
-    class BackboneMixin(_BackboneMixin):
-        def __init__(self, config, *args, **kwargs) -> None:
-            super().__init__(config, *args, **kwargs)
-            self._init_backbone(config)
-
-
-try:  # the static table of model names that the image-segmentation pipeline accepts (the same on 4.57 ... 5.x)
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
-except ImportError:  # a release without it: the pipeline then only logs a spurious "not supported" error
-    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES = {}
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 class SegRetDropPath(nn.Module):
@@ -772,11 +750,9 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
         return summed_loss / normalizer
 
 
-# `pipeline("image-segmentation")` checks the model's class name against transformers' static table of model names
-# and logs an error ("... is not supported for image-segmentation") for any other, even though it then runs the
-# model. `AutoModelForSemanticSegmentation.register` does not reach that table, and remote code never calls it, so
-# the name is added here, where both the package and the Hub folder's code define the class.
-MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(SegRetConfig.model_type, "SegRetForSemanticSegmentation")
+# So that `pipeline("image-segmentation")` logs no "not supported" error for SegRet: done here, where both the package
+# and the Hub folder's code define the class.
+allow_in_image_segmentation_pipeline(SegRetConfig.model_type, "SegRetForSemanticSegmentation")
 
 __all__ = [
     "SegRetPreTrainedModel",

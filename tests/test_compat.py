@@ -4,6 +4,7 @@
 The full matrix, every minor release, is `python scripts/compat_matrix.py` (README, "Compatibility").
 """
 
+import ast
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from compat_matrix import TEST_VERSIONS, ensure_venv, run_probe, save_reference  # noqa: E402
 from conftest import small_config  # noqa: E402
 
+import modeling_segret  # noqa: E402
 from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor  # noqa: E402
 
 OLDEST = TEST_VERSIONS[0]
@@ -97,3 +99,26 @@ def test_backbone_alternatives_to_auto_backbone_from_a_folder(tmp_path):
 
     from_config = AutoBackbone.from_config(AutoConfig.from_pretrained(folder))
     assert isinstance(from_config, SegRetBackbone)
+
+
+def test_version_shims_live_in_one_module():
+    """Only compat_segret.py chooses between transformers releases: no other file of the package wraps an import
+    from transformers in try / except, so dropping a release is an edit of that one file."""
+    package = Path(modeling_segret.__file__).parent
+    assert (package / "compat_segret.py").is_file()
+    guarded = []
+    for path in sorted(package.glob("*.py")):
+        if path.name == "compat_segret.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Try):
+                continue
+            for statement in ast.walk(node):
+                modules = []
+                if isinstance(statement, ast.ImportFrom) and statement.level == 0:
+                    modules = [statement.module or ""]
+                elif isinstance(statement, ast.Import):
+                    modules = [alias.name for alias in statement.names]
+                if any(module.split(".")[0] == "transformers" for module in modules):
+                    guarded.append(f"{path.name}:{statement.lineno}")
+    assert not guarded, f"transformers imports guarded by try / except outside compat_segret.py: {guarded}"

@@ -26,6 +26,7 @@ from modeling_segret.image_processing_segret import (
 )
 
 PROCESSOR_FILE = Path(__file__).resolve().parents[1] / "modeling_segret" / "image_processing_segret.py"
+COMPAT_FILE = PROCESSOR_FILE.with_name("compat_segret.py")
 MMSEG_MEAN = np.array([123.675, 116.28, 103.53])
 MMSEG_STD = np.array([58.395, 57.12, 57.375])
 
@@ -458,11 +459,15 @@ def test_auto_image_processor_loads_the_registered_class(tmp_path):
 
 
 def test_remote_code_load_without_the_package(tmp_path):
-    """The file is valid remote code: only allowed imports, no project imports, loads in a process without us."""
-    assert get_relative_imports(str(PROCESSOR_FILE)) == []
-    check_imports(str(PROCESSOR_FILE))  # raises ImportError for a package that is not installed (e.g. torchvision)
+    """The file is valid remote code: only allowed imports, of the project only the transformers-version shims (which
+    import nothing of it), and it loads in a process without us."""
+    assert get_relative_imports(str(PROCESSOR_FILE)) == ["compat_segret"]
+    assert get_relative_imports(str(COMPAT_FILE)) == []
+    for code_file in (PROCESSOR_FILE, COMPAT_FILE):
+        check_imports(str(code_file))  # raises ImportError for a package that is not installed (e.g. torchvision)
 
     SegRetImageProcessor(size={"height": 48, "width": 40}).save_pretrained(tmp_path)
+    assert sorted(path.name for path in tmp_path.glob("*.py")) == ["compat_segret.py", "image_processing_segret.py"]
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_segret.SegRetImageProcessor"}
     script = (

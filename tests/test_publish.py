@@ -9,7 +9,7 @@ from conftest import small_config
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 from safetensors.torch import load_file
 
-from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor, SegRetModel
+from modeling_segret import REMOTE_CODE_FILES, SegRetForSemanticSegmentation, SegRetImageProcessor, SegRetModel
 from training.publish import (
     REQUIRED_AUTO_MAP,
     PublishError,
@@ -65,11 +65,7 @@ def test_folder_is_self_contained(published, source):
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
-        "configuration_segret.py",
-        "modeling_segret.py",
-        "image_processing_segret.py",
-        "inference_segret.py",
-        "pipeline_segret.py",
+        *REMOTE_CODE_FILES,
         "eval_results.json",
         "eval_results_ms.json",
         "training_args.json",
@@ -243,10 +239,13 @@ def test_broken_folders_fail_loudly(published, source, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     (broken / "image_processing_segret.py").unlink()
     (broken / "pipeline_segret.py").unlink()
+    (broken / "inference_segret.py").unlink()  # named by no auto_map: only the list of code files misses it
     (broken / "__init__.py").write_text("")
     with pytest.raises(PublishError) as error:
         check_folder(broken)
     message = str(error.value)
+    missing_code = ["image_processing_segret.py", "pipeline_segret.py", "inference_segret.py"]
+    assert f"the remote code files {missing_code} are missing" in message
     assert "lacks ['AutoBackbone']" in message and "image_processing_segret.py is missing" in message
     assert "custom_pipelines['image-segmentation'] points to pipeline_segret.SegRetImageSegmentationPipeline" in message
     assert "__init__.py" in message

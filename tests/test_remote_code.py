@@ -2,12 +2,25 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import torch
 from conftest import run_in_fresh_process, small_config
 from PIL import Image
+from transformers.dynamic_module_utils import check_imports, get_imports, get_relative_imports
 
-from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
+import modeling_segret
+from modeling_segret import (
+    REMOTE_CODE_FILES,
+    SegRetBackbone,
+    SegRetConfig,
+    SegRetForSemanticSegmentation,
+    SegRetImageProcessor,
+    SegRetModel,
+)
+from modeling_segret.configuration_segret import REMOTE_CODE_AUTO_MAP, REMOTE_CODE_PIPELINES
+
+PACKAGE = Path(modeling_segret.__file__).parent
 
 FRESH_PROCESS = textwrap.dedent(
     """
@@ -55,8 +68,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     SegRetImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
 
     saved = sorted(path.name for path in folder.iterdir())
-    assert {"configuration_segret.py", "modeling_segret.py", "image_processing_segret.py"} <= set(saved)
-    assert "__init__.py" not in saved
+    assert {name for name in saved if name.endswith(".py")} == set(REMOTE_CODE_FILES)
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoBackbone", "AutoModelForSemanticSegmentation"}
 
@@ -78,3 +90,19 @@ def test_remote_code_loads_without_the_package(tmp_path):
     for label, size, mode in report["segments"]:
         assert label in model.config.id2label.values()
         assert tuple(size) == (50, 40) and mode == "L"
+
+
+def test_remote_code_files_are_the_whole_remote_code():
+    """`REMOTE_CODE_FILES` is closed: every module that the auto_map, the pipeline entry, the registered classes and
+    the files' own relative imports name is one of them; each imports installed libraries only, never the package."""
+    modules = {Path(name).stem for name in REMOTE_CODE_FILES}
+    for name in REMOTE_CODE_FILES:
+        path = PACKAGE / name
+        assert set(get_relative_imports(path)) <= modules, name
+        check_imports(path)  # raises ImportError naming a library that is not installed
+        assert not {"modeling_segret", "training"} & set(get_imports(path)), f"{name} imports the project absolutely"
+    named = [*REMOTE_CODE_AUTO_MAP.values(), *(entry["impl"] for entry in REMOTE_CODE_PIPELINES.values())]
+    assert {reference.split(".")[0] for reference in named} <= modules
+    registered = (SegRetConfig, SegRetModel, SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor)
+    for cls in registered:
+        assert cls._auto_class is not None and cls.__module__.rsplit(".", 1)[-1] in modules, cls.__name__

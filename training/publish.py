@@ -19,8 +19,9 @@ Read from it as well, when present:
 Nothing else is taken from SOURCE (no optimizer states, checkpoints, logs or overlays). The output folder holds the
 weights (`model.safetensors`), `config.json` whose `auto_map` covers AutoConfig, AutoModel, AutoBackbone and
 AutoModelForSemanticSegmentation, `preprocessor_config.json` mapped to the image processor, the remote code
-(`configuration_segret.py`, `modeling_segret.py`, `image_processing_segret.py` and `inference_segret.py` for
-sliding-window and multi-scale inference), the model card `README.md`, and the results and recipe files it read.
+(`modeling_segret.REMOTE_CODE_FILES`, written by `save_pretrained`: the model, configuration, image processor and
+pipeline classes, `inference_segret.py` for sliding-window and multi-scale inference, the transformers-version
+shims), the model card `README.md`, and the results and recipe files it read.
 
 The folder is always validated (only `--skip-validation` without `--push` skips it): static checks of its files and
 card, then a fresh Python process in which `modeling_segret` cannot be imported loads it through every Auto class of
@@ -58,8 +59,7 @@ import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 from PIL import Image
 
-import modeling_segret
-from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
+from modeling_segret import REMOTE_CODE_FILES, SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
 from modeling_segret.complexity import variant_name
 from training import configure_logging
 from training.model_card import (
@@ -74,8 +74,6 @@ from training.model_card import (
 
 REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModel", "AutoBackbone", "AutoModelForSemanticSegmentation")
 RECIPE_FILES = ("training_args.json", "recipe.yaml", "recipe.yml", "recipe.json")
-# Shipped for the card's sliding-window / multi-scale snippet; imports only torch, so it runs as remote code.
-EXTRA_CODE_FILES = ("inference_segret.py",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 METAINFO_PATH = Path(__file__).resolve().with_name("metainfo.json")
 
@@ -250,9 +248,6 @@ def assemble(
         processor = default_image_processor(dataset, variant)
     processor.save_pretrained(output_dir)
 
-    package_dir = Path(modeling_segret.__file__).parent
-    for name in EXTRA_CODE_FILES:
-        shutil.copy2(package_dir / name, output_dir / name)
     for index, file in enumerate(source_data.eval_files):
         # evaluate.py names every result eval_results.json: results from several folders must not overwrite.
         taken = [other.name for other in source_data.eval_files[:index]]
@@ -313,6 +308,9 @@ def check_folder(folder: str | Path) -> dict[str, Any]:
         module = str(entry.get("impl", "")).split(".")[0]
         if not (folder / f"{module}.py").is_file():
             problems.append(f"custom_pipelines[{task!r}] points to {entry.get('impl')} but {module}.py is missing")
+    missing_code = [name for name in REMOTE_CODE_FILES if not (folder / name).is_file()]
+    if missing_code:
+        problems.append(f"the remote code files {missing_code} are missing")
     for code_file in folder.glob("*.py"):
         for module in _relative_imports(code_file):
             if "." in module or not (folder / f"{module}.py").is_file():
