@@ -21,7 +21,7 @@ if not os.environ.get("SEGRET_TRANSFORMERS_TESTS"):
     collect_ignore = ["conformance"]
 
 # docs/architecture.md §5 (150 classes): backbone with its four extra norms, decoder, total.
-SPEC_PARAMETERS = {
+PARAMETER_COUNTS = {
     "tiny": (12_783_776, 794_774, 13_578_550),
     "small": (25_416_800, 794_774, 26_211_574),
     "base": (52_604_680, 852_118, 53_456_798),

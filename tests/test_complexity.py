@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import SPEC_PARAMETERS, small_config
+from conftest import PARAMETER_COUNTS, small_config
 
 from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config
 from modeling_segret.complexity import (
@@ -18,25 +18,25 @@ from modeling_segret.complexity import (
 
 # docs/architecture.md §6: MMSegmentation get_flops convention at 1024×1024, this implementation (with the FFN
 # depth-wise conv).
-SPEC_GFLOPS_1024 = {"tiny": 72.83, "small": 118.46, "base": 232.45, "large": 482.41}
+PAPER_CONVENTION_GFLOPS_1024 = {"tiny": 72.83, "small": 118.46, "base": 232.45, "large": 482.41}
 
 
 @pytest.fixture(scope="module")
 def reports():
-    return {variant: measure_variant(variant, (1024, 1024)) for variant in SPEC_PARAMETERS}
+    return {variant: measure_variant(variant, (1024, 1024)) for variant in PARAMETER_COUNTS}
 
 
-@pytest.mark.parametrize("variant", list(SPEC_PARAMETERS))
-def test_parameters_equal_spec(reports, variant):
-    backbone, decoder, total = SPEC_PARAMETERS[variant]
+@pytest.mark.parametrize("variant", list(PARAMETER_COUNTS))
+def test_parameters_equal_the_design_document(reports, variant):
+    backbone, decoder, total = PARAMETER_COUNTS[variant]
     assert reports[variant].parameters == {"backbone": backbone, "decoder": decoder, "total": total}
 
 
-@pytest.mark.parametrize("variant", list(SPEC_GFLOPS_1024))
-def test_paper_convention_flops_match_spec(reports, variant):
+@pytest.mark.parametrize("variant", list(PAPER_CONVENTION_GFLOPS_1024))
+def test_paper_convention_flops_match_the_design_document(reports, variant):
     flops = reports[variant].flops
     measured = flops["total"].paper / 1e9
-    assert abs(measured / SPEC_GFLOPS_1024[variant] - 1) < 0.005, (variant, measured)
+    assert abs(measured / PAPER_CONVENTION_GFLOPS_1024[variant] - 1) < 0.005, (variant, measured)
     assert flops["total"].paper == flops["backbone"].paper + flops["decoder"].paper
     # Full = paper's convention + what it leaves out; every variant has global retention in stage 4 at least.
     assert flops["total"].full == flops["total"].paper + flops["total"].attention + flops["total"].batch_norm
@@ -105,7 +105,7 @@ def test_command_line(capsys):
     assert main(["--variant", "tiny", "--size", "64", "64", "--size", "64", "128", "--format", "json"]) == 0
     reports = json.loads(capsys.readouterr().out)
     assert [r["input_size"] for r in reports] == [[64, 64], [64, 128]]
-    assert reports[0]["parameters"]["total"] == SPEC_PARAMETERS["tiny"][2]
+    assert reports[0]["parameters"]["total"] == PARAMETER_COUNTS["tiny"][2]
     assert set(reports[0]["flops"]["total"]) >= {"paper", "full", "attention", "convolution", "linear"}
 
     assert main(["--variant", "base", "--size", "64", "64", "--format", "markdown", "--breakdown"]) == 0

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import SPEC_PARAMETERS, small_config
+from conftest import PARAMETER_COUNTS, small_config
 from torch import nn
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
@@ -21,11 +21,11 @@ def count(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
-@pytest.mark.parametrize("variant", list(SPEC_PARAMETERS))
-def test_parameter_counts_equal_spec(variant):
+@pytest.mark.parametrize("variant", list(PARAMETER_COUNTS))
+def test_parameter_counts_equal_the_design_document(variant):
     with torch.device("meta"):
         model = SegRetForSemanticSegmentation(segret_variant_config(variant, num_labels=150))
-    assert (count(model.segret), count(model.decode_head), count(model)) == SPEC_PARAMETERS[variant]
+    assert (count(model.segret), count(model.decode_head), count(model)) == PARAMETER_COUNTS[variant]
 
 
 @pytest.mark.parametrize(("variant", "total"), [("base", 53_029_918), ("large", 95_793_902)])
