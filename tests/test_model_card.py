@@ -14,6 +14,7 @@ from conftest import small_config
 from huggingface_hub import ModelCard
 
 from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
+from training.check_hub_folder import sample_image
 from training.model_card import (
     CARDS_DIR,
     DATASETS,
@@ -27,7 +28,7 @@ from training.model_card import (
     repository_name,
 )
 from training.presets import get_preset
-from training.publish import assemble, sample_image
+from training.publish import assemble
 
 # What training/evaluate.py writes (one mode per file) and what training/train.py writes.
 EVALUATE_OUTPUT = {
