@@ -44,6 +44,7 @@ from modeling_segret.complexity import (
     MMSEG_UNUSED_CONV_SEG_CHANNELS,
     PAPER_FLOPS_SIZE,
     PAPER_GFLOPS,
+    ComplexityReport,
     format_reconciliation,
     measure,
     measure_variant,
@@ -60,7 +61,7 @@ METAINFO_PATH = REPOSITORY_ROOT / "training" / "metainfo.json"
 # Organisation shown in the snippets of the cards rendered here; `training.publish --repo_id` sets the real one.
 PLACEHOLDER_ORG = "your-org"
 TAGS = ("segret", "rmt", "retnet", "semantic-segmentation", "vision", "image-segmentation")
-# Classes of the reconciliation table: the paper counts parameters with ADE20K's 150.
+# Classes of the reconciliation table: ADE20K's 150, as in docs/architecture.md §5.
 RECONCILIATION_NUM_LABELS = 150
 
 
@@ -340,7 +341,7 @@ def _recipe_facts(recipe: Mapping, info: DatasetInfo | None, variant: str | None
 
 
 # ------------------------------------------------------------------------------------------ complexity values
-def _flops(report: Any) -> dict[str, Any]:
+def _flops(report: ComplexityReport) -> dict[str, Any]:
     """One row of GFLOPs: the paper's convention, full, and the two parts the convention leaves out."""
     total = report.flops["total"]
     return {
