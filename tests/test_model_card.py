@@ -7,23 +7,28 @@ import subprocess
 import sys
 import textwrap
 
+import jinja2
 import pytest
 import yaml
 from conftest import small_config
 from huggingface_hub import ModelCard
 
 from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
+from training.check_hub_folder import sample_image
 from training.model_card import (
     CARDS_DIR,
     DATASETS,
     PAPER_RESULTS,
+    card_data,
+    dataset_info,
     load_eval_results,
     parse_eval_results,
     render_card,
     render_paper_card,
     repository_name,
 )
-from training.publish import assemble, sample_image
+from training.presets import get_preset
+from training.publish import assemble
 
 # What training/evaluate.py writes (one mode per file) and what training/train.py writes.
 EVALUATE_OUTPUT = {
@@ -81,7 +86,7 @@ def test_card_without_results_has_no_model_index(tiny_ade20k_card):
     assert "arXiv:2502.14014" in tiny_ade20k_card and "RMT: Retentive Networks Meet Vision Transformers" in (
         tiny_ade20k_card
     )
-    assert "$" not in tiny_ade20k_card.replace("$ ", "")  # every template placeholder was filled
+    assert "{{" not in tiny_ade20k_card and "{%" not in tiny_ade20k_card  # every template value was filled
 
 
 def test_card_with_results_has_model_index():
@@ -93,7 +98,9 @@ def test_card_with_results_has_model_index():
     assert entry["name"] == "segret-demo"
     (result,) = entry["results"]
     assert result["task"]["type"] == "image-segmentation"
-    assert result["dataset"] == {"name": "ADE20K", "type": "scene_parse_150", "split": "validation"}
+    # The model-index names the same Hub dataset as `datasets`: the one the ADE20K preset loads.
+    assert result["dataset"] == {"name": "ADE20K", "type": "zhoubolei/scene_parse_150", "split": "validation"}
+    assert metadata["datasets"] == ["zhoubolei/scene_parse_150"]
     metrics = {metric["name"]: metric["value"] for metric in result["metrics"]}
     assert metrics == {
         "mIoU (single-scale, whole image)": 48.76,
@@ -171,6 +178,35 @@ def test_the_twelve_rendered_cards(tiny_ade20k_card):
             assert f"| **{info.name}** | **{single:.2f}** | **{multi:.2f}** |" in card
     # Up to date with the renderer (checked for one card: rendering all twelve counts FLOPs 24 times).
     assert (CARDS_DIR / "segret-tiny-ade20k" / "README.md").read_text() == tiny_ade20k_card
+
+
+def test_every_card_names_the_presets_hub_dataset():
+    """`datasets` and the model-index dataset type are one id, the preset's (training/presets.py), in all twelve."""
+    record = parse_eval_results({"mode": "ss", "mean_iou": 0.5})
+    for variant in SEGRET_VARIANTS:
+        for dataset in DATASETS:
+            hub_id = get_preset(dataset).hub_id
+            name = repository_name(variant, dataset)
+            assert front_matter((CARDS_DIR / name / "README.md").read_text())["datasets"] == [hub_id], name
+            # The same card with results of its own: the model-index (which the twelve lack) names it too.
+            metadata = card_data(name, dataset_info(dataset, variant), dataset, record).to_dict()
+            assert metadata["datasets"] == [hub_id], name
+            ((result,),) = [entry["results"] for entry in metadata["model-index"]]
+            assert result["dataset"]["type"] == hub_id, name
+    # A checkpoint trained on another Hub copy names that copy in both places.
+    metadata = card_data("x", dataset_info("ade20k"), "ade20k", record, hub_dataset="me/ade20k-copy").to_dict()
+    assert metadata["datasets"] == ["me/ade20k-copy"]
+    assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "me/ade20k-copy"
+
+
+def test_template_values_must_all_be_given(tmp_path):
+    """The template is strict: a misspelt or missing value is an error, not an empty string in the card."""
+    template = tmp_path / "template.md"
+    template.write_text("---\n{{ card_data }}\n---\n\n# {{ variant_title }}\n")
+    with pytest.raises(jinja2.UndefinedError, match="variant_title"):
+        render_card(small_config(), template_path=template)
+    template.write_text("---\n{{ card_data }}\n---\n\n{{ config.num_labels|number }} classes\n")
+    assert render_card(small_config(num_labels=1500), template_path=template).endswith("\n\n1,500 classes\n")
 
 
 SNIPPET_RUNNER = textwrap.dedent(

@@ -1,7 +1,10 @@
 """Publishing: the assembled folder is a self-contained remote-code repo; the upload is one commit (mocked Hub)."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,9 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelet
 from safetensors.torch import load_file
 
 from modeling_segret import REMOTE_CODE_FILES, SegRetForSemanticSegmentation, SegRetImageProcessor, SegRetModel
+from training.check_hub_folder import REPORT_PREFIX, sample_image
 from training.publish import (
+    CHECK_SCRIPT,
     REQUIRED_AUTO_MAP,
     PublishError,
     assemble,
@@ -108,6 +113,39 @@ def test_fresh_process_loads_every_auto_class_and_the_pipeline(published):
     assert report["sliding_window_shape"] == [1, 64, 96]
 
 
+@pytest.mark.slow
+def test_check_script_runs_on_its_own(published, tmp_path):
+    """training/check_hub_folder.py as a file, outside the repository, on a folder alone: no reference outputs."""
+    folder, _ = published
+    sample_image((50, 40)).save(tmp_path / "photo.png")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, str(CHECK_SCRIPT), str(folder), "--image", str(tmp_path / "photo.png")],
+        capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith(REPORT_PREFIX)]
+    report = json.loads(line.removeprefix(REPORT_PREFIX))
+    assert report["problems"] == [] and report["differences"] == {}  # nothing to compare with
+    assert report["classes"]["AutoModelForSemanticSegmentation"] == "SegRetForSemanticSegmentation"
+    # The package is installed in this environment, yet only the folder's code ran.
+    assert all(module.startswith("transformers_modules.") for module in report["modules"].values())
+    assert report["image_size"] == [50, 40] and all(size == [50, 40] for _, size, _ in report["segments"])
+
+
+@pytest.mark.slow
+def test_outputs_unlike_the_source_models_fail(published, source, tmp_path):
+    folder, _ = published
+    other = tmp_path / "other"
+    model = SegRetForSemanticSegmentation.from_pretrained(source)
+    with torch.no_grad():
+        model.segret.encoder.embeddings.layers[0].convolution.weight.add_(0.01)  # the stem's first convolution
+    model.save_pretrained(other)
+    with pytest.raises(PublishError, match="failed validation:\n- AutoModel outputs differ from the source model's"):
+        validate(folder, other)
+
+
 class RecordingApi:
     """Replaces the network methods of HfApi; records what would be sent."""
 
@@ -163,8 +201,8 @@ def test_command_line_validates_then_pushes(source, tmp_path, monkeypatch, capsy
     api = RecordingApi(monkeypatch)
     output = tmp_path / "repo"
     status = main(
-        [str(source), "--output-dir", str(output), "--repo-id", REPO_ID, "--push", "--private", "--create-pr",
-         "--commit-message", "First upload"]
+        [str(source), "--output_dir", str(output), "--repo_id", REPO_ID, "--push", "--private", "--create_pr",
+         "--commit_message", "First upload"]
     )  # fmt: skip
     out = capsys.readouterr()
     assert status == 0, out.err
@@ -179,8 +217,8 @@ def test_command_line_validates_then_pushes(source, tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit):
         main([str(source), "--push"])
     with pytest.raises(SystemExit):
-        main([str(source), "--push", "--repo-id", REPO_ID, "--skip-validation"])
-    assert main([str(source), "--output-dir", str(output)]) == 1  # not empty without --overwrite
+        main([str(source), "--push", "--repo_id", REPO_ID, "--skip_validation"])
+    assert main([str(source), "--output_dir", str(output)]) == 1  # not empty without --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
 
 

@@ -1,8 +1,8 @@
 # Copyright 2026 The SegRet Authors. Licensed under the Apache License, Version 2.0.
 """Assemble a self-contained Hub repository for a SegRet checkpoint, validate it, and upload it in one commit.
 
-    python -m training.publish SOURCE [--output-dir DIR] [--repo-id ORG/NAME] [--dataset ade20k]
-    python -m training.publish SOURCE --push --repo-id ORG/NAME [--private] [--revision BRANCH] [--create-pr]
+    python -m training.publish SOURCE [--output_dir DIR] [--repo_id ORG/NAME] [--dataset ade20k]
+    python -m training.publish SOURCE --push --repo_id ORG/NAME [--private] [--revision BRANCH] [--create_pr]
 
 SOURCE is a folder with `config.json` and `model.safetensors` (or safetensors shards with their index): the output
 of `training/train.py`, of `python -m modeling_segret.convert_rmt_checkpoint`, or any SegRet `save_pretrained`.
@@ -10,7 +10,7 @@ Read from it as well, when present:
 
 - `preprocessor_config.json`: the image processor (otherwise the dataset's test-time processor is written);
 - `eval_results.json` and `eval_results_*.json`: this checkpoint's results, from `training/evaluate.py` (one mode
-  per file: collect the ss/slide and ms files here, or pass `--eval-results`) or `training/train.py`. The formats are
+  per file: collect the ss/slide and ms files here, or pass `--eval_results`) or `training/train.py`. The formats are
   described in `training/model_card.py`. Without results the card states that its numbers are the paper's and has no
   `model-index`;
 - `training_args.json` (written by `training/train.py`) or `recipe.yaml` / `recipe.yml` / `recipe.json`: the
@@ -23,10 +23,11 @@ AutoModelForSemanticSegmentation, `preprocessor_config.json` mapped to the image
 pipeline classes, `inference_segret.py` for sliding-window and multi-scale inference, the transformers-version
 shims), the model card `README.md`, and the results and recipe files it read.
 
-The folder is always validated (only `--skip-validation` without `--push` skips it): static checks of its files and
-card, then a fresh Python process in which `modeling_segret` cannot be imported loads it through every Auto class of
-its `auto_map`, compares the outputs with the source model's, runs the `image-segmentation` pipeline on a sample
-image and the shipped sliding-window inference. Any problem raises `PublishError`. `--push` then uploads the folder
+The folder is always validated (only `--skip_validation` without `--push` skips it): static checks of its files and
+card, then `training/check_hub_folder.py` in a fresh Python process, in which `modeling_segret` cannot be imported:
+it loads the folder through every Auto class of its `auto_map`, compares the outputs with the source model's, runs
+the `image-segmentation` pipeline on a sample image and the shipped sliding-window inference (the script also runs
+on its own, on any folder). Any problem raises `PublishError`. `--push` then uploads the folder
 in one commit (`HfApi.create_commit`) with the token of `huggingface-cli login` or `HF_TOKEN` (or `--token`);
 files of an earlier upload that the folder no longer has are deleted in the same commit.
 """
@@ -41,7 +42,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +54,13 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import numpy as np
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
-from PIL import Image
 
 from modeling_segret import REMOTE_CODE_FILES, SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
 from modeling_segret.complexity import variant_name
 from training import configure_logging
+from training.check_hub_folder import REPORT_PREFIX
 from training.model_card import (
     EvalRecord,
     dataset_info,
@@ -76,6 +75,8 @@ REQUIRED_AUTO_MAP = ("AutoConfig", "AutoModel", "AutoBackbone", "AutoModelForSem
 RECIPE_FILES = ("training_args.json", "recipe.yaml", "recipe.yml", "recipe.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 METAINFO_PATH = Path(__file__).resolve().with_name("metainfo.json")
+# Loads the assembled folder in a fresh process where `modeling_segret` cannot be imported; runs on its own too.
+CHECK_SCRIPT = Path(__file__).resolve().with_name("check_hub_folder.py")
 
 
 class PublishError(RuntimeError):
@@ -203,7 +204,7 @@ def _prepare_output(output_dir: Path, source: Path, overwrite: bool) -> None:
         if not overwrite:
             raise PublishError(f"{output_dir} is not empty; pass --overwrite to replace it.")
         if (output_dir / ".git").exists():
-            raise PublishError(f"{output_dir} is a git checkout; refusing to delete it. Choose another --output-dir.")
+            raise PublishError(f"{output_dir} is a git checkout; refusing to delete it. Choose another --output_dir.")
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -336,92 +337,6 @@ def check_folder(folder: str | Path) -> dict[str, Any]:
     return {"config": config, "metadata": metadata}
 
 
-# The fresh process: `modeling_segret` is made unimportable, so only the folder's own code can run.
-_VALIDATION_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.modules["modeling_segret"] = None
-    try:
-        import modeling_segret  # noqa: F401
-        raise SystemExit("modeling_segret is importable: the check would prove nothing")
-    except ImportError:
-        pass
-
-    import torch
-    from huggingface_hub.errors import HFValidationError
-    from PIL import Image
-    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForSemanticSegmentation, pipeline
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor  # no torchvision needed on 5.4-5.17
-    from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-    folder, reference_path, image_path = sys.argv[1:4]
-    reference = torch.load(reference_path, weights_only=True)
-    report = {"classes": {}, "modules": {}, "differences": {}, "notes": []}
-
-    def difference(output, expected):
-        if tuple(output.shape) != tuple(expected.shape):
-            return f"shape {tuple(output.shape)} != {tuple(expected.shape)}"
-        return (output.float() - expected.float()).abs().max().item()
-
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    report["classes"]["AutoConfig"] = type(config).__name__
-    report["modules"]["AutoConfig"] = type(config).__module__
-    auto_classes = {"AutoModel": AutoModel, "AutoBackbone": AutoBackbone,
-                    "AutoModelForSemanticSegmentation": AutoModelForSemanticSegmentation}
-    for name, auto_class in auto_classes.items():
-        try:
-            model = auto_class.from_pretrained(folder, trust_remote_code=True)
-        except HFValidationError:
-            # transformers 5.23: AutoBackbone.from_pretrained asks the Hub whether a local folder is a repo id and
-            # fails. Load the class its auto_map names, as AutoBackbone does for a Hub repository.
-            model = get_class_from_dynamic_module(config.auto_map[name], folder).from_pretrained(folder)
-            report["notes"].append(f"{name}: loaded the auto_map class directly ({name}.from_pretrained rejects "
-                                   "local folders in this transformers version)")
-        model.eval()
-        report["classes"][name] = type(model).__name__
-        report["modules"][name] = type(model).__module__
-        pixel_values = reference["pixel_values"].to(model.dtype)
-        with torch.no_grad():
-            outputs = model(pixel_values)
-        if name == "AutoModel":
-            report["differences"][name] = difference(outputs.last_hidden_state, reference["last_hidden_state"])
-        elif name == "AutoBackbone":
-            if len(outputs.feature_maps) != len(reference["feature_maps"]):
-                report["differences"][name] = f"{len(outputs.feature_maps)} feature maps"
-            else:
-                values = [difference(a, b) for a, b in zip(outputs.feature_maps, reference["feature_maps"])]
-                texts = [value for value in values if isinstance(value, str)]
-                report["differences"][name] = texts[0] if texts else max(values)
-        else:
-            report["differences"][name] = difference(outputs.logits, reference["logits"])
-            segment = get_class_from_dynamic_module("inference_segret.segment", folder)
-            report["modules"]["inference_segret"] = segment.__module__
-            height, width = pixel_values.shape[-2:]
-            crop = (max(height // 2, 1), max(width // 2, 1))
-            label_map = segment(model, pixel_values, mode="slide", crop_size=crop, stride=crop)
-            report["sliding_window_shape"] = list(label_map.shape)
-
-    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    report["classes"]["AutoImageProcessor"] = type(processor).__name__
-    report["modules"]["AutoImageProcessor"] = type(processor).__module__
-    segmenter = pipeline("image-segmentation", model=folder, trust_remote_code=True)
-    image = Image.open(image_path)
-    report["image_size"] = list(image.size)
-    report["segments"] = [(s["label"], list(s["mask"].size), s["mask"].mode) for s in segmenter(image)]
-    print("SEGRET-VALIDATION " + json.dumps(report))
-    """
-)
-
-
-def sample_image(size: tuple[int, int] = (96, 72)) -> Image.Image:
-    """A deterministic RGB test image (width, height): smooth colour gradients with a few bright blocks."""
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
-    pixels[height // 4 : height // 2, width // 4 : width // 2] = (230, 40, 40)
-    return Image.fromarray(pixels.astype(np.uint8), mode="RGB")
-
-
 @torch.no_grad()
 def reference_outputs(source: str | Path, input_size: tuple[int, int] = (64, 96), seed: int = 0) -> dict:
     """The source model's logits, last hidden state and backbone feature maps on a seeded random input."""
@@ -440,65 +355,33 @@ def reference_outputs(source: str | Path, input_size: tuple[int, int] = (64, 96)
 def validate(
     folder: str | Path, source: str | Path, *, tolerance: float = 1e-4, timeout: float = 1800
 ) -> dict[str, Any]:
-    """Static checks, then the fresh-process load of `folder` compared with the model in `source` (see above).
+    """Static checks, then `training/check_hub_folder.py` in a fresh process: the folder loaded without the
+    `modeling_segret` package, its outputs compared with those of the model in `source`.
 
-    Returns the report of the fresh process; raises `PublishError` on any problem.
+    Returns the fresh process's report; raises `PublishError` on any problem.
     """
     folder = Path(folder).resolve()
-    static = check_folder(folder)
-    config = static["config"]
+    check_folder(folder)
     with tempfile.TemporaryDirectory(prefix="segret-validate-") as work:
         work = Path(work)
-        reference = reference_outputs(source)
-        torch.save(reference, work / "reference.pt")
-        image = sample_image()
-        image.save(work / "image.png")
+        torch.save(reference_outputs(source), work / "reference.pt")
         environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
         environment.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(work / "modules"), TOKENIZERS_PARALLELISM="false")
+        command = [sys.executable, str(CHECK_SCRIPT), str(folder), "--reference", str(work / "reference.pt"),
+                   "--tolerance", str(tolerance)]  # fmt: skip
         try:
-            result = subprocess.run(
-                [sys.executable, "-c", _VALIDATION_SCRIPT, str(folder), str(work / "reference.pt"),
-                 str(work / "image.png")],
-                capture_output=True, text=True, cwd=work, env=environment, timeout=timeout,
-            )  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, cwd=work, env=environment, timeout=timeout)
         except subprocess.TimeoutExpired as error:
             raise PublishError(f"Validating {folder} took more than {timeout:.0f} s.") from error
-    lines = [line for line in result.stdout.splitlines() if line.startswith("SEGRET-VALIDATION ")]
-    if result.returncode != 0 or not lines:
+    lines = [line for line in result.stdout.splitlines() if line.startswith(REPORT_PREFIX)]
+    report = json.loads(lines[-1].removeprefix(REPORT_PREFIX)) if lines else None
+    if report is None or (result.returncode != 0 and not report["problems"]):
         raise PublishError(
             f"{folder} does not load without the modeling_segret package (exit status {result.returncode}):\n"
             + (result.stderr or result.stdout)[-4000:]
         )
-    report = json.loads(lines[-1].removeprefix("SEGRET-VALIDATION "))
-
-    problems = []
-    expected_classes = {
-        "AutoConfig": "SegRetConfig",
-        "AutoModel": "SegRetModel",
-        "AutoBackbone": "SegRetBackbone",
-        "AutoModelForSemanticSegmentation": "SegRetForSemanticSegmentation",
-        "AutoImageProcessor": "SegRetImageProcessor",
-    }
-    for auto_name, class_name in expected_classes.items():
-        if report["classes"].get(auto_name) != class_name:
-            problems.append(f"{auto_name} gave {report['classes'].get(auto_name)}, expected {class_name}")
-    for auto_name, module in report["modules"].items():
-        if not module.startswith("transformers_modules."):
-            problems.append(f"{auto_name} ran {module}, not the folder's code")
-    scale = max(reference["logits"].abs().max().item(), 1.0)
-    for auto_name, value in report["differences"].items():
-        if isinstance(value, str) or value > tolerance * scale:
-            problems.append(f"{auto_name} outputs differ from the source model's: {value}")
-    if report.get("sliding_window_shape") != [1, *reference["pixel_values"].shape[-2:]]:
-        problems.append(f"inference_segret.segment returned shape {report.get('sliding_window_shape')}")
-    labels = set(config.get("id2label", {}).values())
-    if not report["segments"]:
-        problems.append("the image-segmentation pipeline returned no segment")
-    for label, size, mode in report["segments"]:
-        if label not in labels or size != report["image_size"] or mode != "L":
-            problems.append(f"pipeline segment ({label!r}, {size}, {mode}) is not a class mask at the image size")
-    if problems:
-        raise PublishError(f"{folder} failed validation:\n- " + "\n- ".join(problems))
+    if report["problems"]:
+        raise PublishError(f"{folder} failed validation:\n- " + "\n- ".join(report["problems"]))
     return report
 
 
@@ -533,7 +416,7 @@ def push(
 ) -> CommitInfo:
     """Uploads `folder` to `repo_id` in one commit; creates the repository (and the branch `revision`) if needed."""
     if repo_id.count("/") != 1:
-        raise PublishError(f"--repo-id must be ORG/NAME, got {repo_id!r}.")
+        raise PublishError(f"--repo_id must be ORG/NAME, got {repo_id!r}.")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision and revision != "main":
@@ -561,29 +444,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate it in a fresh process, and optionally upload it in one commit.",
     )
     parser.add_argument("source", type=Path, help="folder with config.json and model.safetensors")
-    parser.add_argument("--output-dir", type=Path, help="where to write the repository (default: SOURCE-hub)")
-    parser.add_argument("--repo-id", help="ORG/NAME on the Hub (used in the card's snippets; required with --push)")
+    parser.add_argument("--output_dir", type=Path, help="where to write the repository (default: SOURCE-hub)")
+    parser.add_argument("--repo_id", help="ORG/NAME on the Hub (used in the card's snippets; required with --push)")
     parser.add_argument("--dataset", help="training dataset: ade20k, cityscapes, coco_stuff or another name "
                         "(default: from the results, the recipe or the class names)")  # fmt: skip
     parser.add_argument(
-        "--eval-results", nargs="+", type=Path, help="results files (default: SOURCE/eval_results*.json)"
+        "--eval_results", nargs="+", type=Path, help="results files (default: SOURCE/eval_results*.json)"
     )
     parser.add_argument("--recipe", type=Path, help="recipe file (default: SOURCE/training_args.json or recipe.*)")
     parser.add_argument("--license", default="apache-2.0", help="license identifier for the card (default: apache-2.0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.add_argument("--skip-validation", action="store_true", help="skip the fresh-process check (not with --push)")
+    parser.add_argument("--skip_validation", action="store_true", help="skip the fresh-process check (not with --push)")
     hub = parser.add_argument_group("upload")
-    hub.add_argument("--push", action="store_true", help="upload the folder to --repo-id in one commit")
+    hub.add_argument("--push", action="store_true", help="upload the folder to --repo_id in one commit")
     hub.add_argument("--private", action="store_true", help="create the repository as private")
     hub.add_argument("--revision", help="branch to commit to (created if missing; default: main)")
-    hub.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
-    hub.add_argument("--commit-message", help="commit title")
+    hub.add_argument("--create_pr", action="store_true", help="open a pull request instead of committing directly")
+    hub.add_argument("--commit_message", help="commit title")
     hub.add_argument("--token", help="Hub token (default: the saved login or HF_TOKEN)")
     args = parser.parse_args(argv)
     if args.push and not args.repo_id:
-        parser.error("--push needs --repo-id ORG/NAME")
+        parser.error("--push needs --repo_id ORG/NAME")
     if args.push and args.skip_validation:
-        parser.error("--skip-validation cannot be combined with --push: only validated folders are uploaded")
+        parser.error("--skip_validation cannot be combined with --push: only validated folders are uploaded")
     output_dir = args.output_dir or args.source.with_name(args.source.resolve().name + "-hub")
     try:
         folder = assemble(
