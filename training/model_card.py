@@ -5,7 +5,7 @@ What a card reads:
 
 - the model's `SegRetConfig` (variant, classes) and, through `modeling_segret.complexity`, its parameter and FLOP
   counts;
-- evaluation results ([`load_eval_results`]): the `eval_results*.json` files that `training/evaluate.py` and
+- evaluation results ([`load_eval_results`]): the `eval_results*.json` files that `training/evaluation.py` and
   `training/train.py` write. Each file holds one result (a dict), a list of them, `{"results": [...]}`, or a dict
   keyed by mode. A result needs `mode` (`"ss"` whole image, `"slide"` sliding window, both single-scale, or `"ms"`
   multi-scale + flip) and `mean_iou` (a fraction, as `SegmentationMetric.compute` returns; values above 1 are read
@@ -85,7 +85,7 @@ class DatasetInfo:
 
 def _preset_facts(key: str, variant: str | None = None) -> dict[str, Any]:
     """Hub id, split, crop, test scale and sliding window of the training preset (`training/presets.py`) for
-    `variant`, so the card describes the protocol that `training/train.py` and `training/evaluate.py` run."""
+    `variant`, so the card describes the protocol that `training/train.py` and `training/evaluation.py` run."""
     preset = get_preset(key, variant=variant)
     return {
         "hub_id": preset.hub_id,
@@ -262,7 +262,7 @@ def _parse_record(entry: Mapping, where: str, mode_hint: str | None = None) -> E
         description = "single-scale, " + ("sliding window" if kind == "slide" else "whole image")
         if kind == "slide" and inference.get("crop_size") and inference.get("stride"):
             description += f" {_size(inference['crop_size'])} stride {_size(inference['stride'])}"
-    # The test scale the run used (training/evaluate.py records it; None = the images' own size).
+    # The test scale the run used (training/evaluation.py records it; None = the images' own size).
     if "test_scale" in entry:
         scale = entry["test_scale"]
         description += f", {'scale ' + _size(scale) if scale else 'original size'}"
@@ -433,7 +433,7 @@ def _status(records: Sequence[EvalRecord], variant: str | None, info: DatasetInf
         lines.append(
             "> **The results in this card are the paper's, not this checkpoint's.** This checkpoint's own evaluation "
             "has not been run yet, so the card has no `model-index`; `python -m training.publish` fills one in from "
-            "the checkpoint's `eval_results.json` once `training/evaluate.py` has measured it."
+            "the checkpoint's `eval_results.json` once `training/evaluation.py` has measured it."
         )
     else:
         lines.append("> **No results have been measured for this checkpoint yet**, and the paper has none for it.")
@@ -707,7 +707,7 @@ def _evaluation(records: Sequence[EvalRecord], variant: str | None, info: Datase
             "softmax; the logits are resized to the original label size. The paper's two columns below are these two "
             f"protocols. Sliding windows (`slide`, {info.slide_crop}×{info.slide_crop} at stride "
             f"{info.slide_stride}, MMSegmentation's) are an option, reported as such. mIoU sums intersections and "
-            f"unions over the whole {info.eval_split} split. Run `python training/evaluate.py --model <folder> "
+            f"unions over the whole {info.eval_split} split. Run `python training/evaluation.py --model <folder> "
             f"--dataset {info.key} --mode ss|slide|ms` (the test scale and windows follow the model's variant, read "
             "from its config), then `python -m training.publish` to put the results here."
         )
