@@ -22,6 +22,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def parameter_groups(model: SegRetForSemanticSegmentation, args: TrainArguments)
     ]
 
 
-def warmup_poly_schedule(args: TrainArguments):
+def warmup_poly_schedule(args: TrainArguments) -> Callable[[int], float]:
     """Multiplier of the base lr at optimizer step `step`: linear warm-up, then (1 - t)^power down to min lr."""
 
     def factor(step: int) -> float:
