@@ -192,7 +192,7 @@ def test_two_processes_train_and_evaluate_like_one(scenes, tmp_path):
         str(output),
         "--dataset",
         "synthetic",
-        "--source",
+        "--dataset_path",
         str(scenes),
         "--mode",
         "ss",
