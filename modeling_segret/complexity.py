@@ -409,9 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("HEIGHT", "WIDTH"),
         help="input size; repeat for several (default: 1024 1024, the paper's)",
     )
-    parser.add_argument("--num-labels", type=int, default=150, help="classes of the paper variants (default: 150)")
+    parser.add_argument("--num_labels", type=int, default=150, help="classes of the paper variants (default: 150)")
     parser.add_argument(
-        "--no-ffn-depthwise-conv",
+        "--no_ffn_depthwise_conv",
         action="store_true",
         help="paper variants without the FFN depth-wise conv (the RMT version the paper's Base/Large numbers match)",
     )

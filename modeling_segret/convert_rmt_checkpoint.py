@@ -13,7 +13,8 @@ Missing from ImageNet checkpoints and filled in: `extra_norms.<i>` (the segmenta
 start at weight 1, bias 0, as in the official segmentation code.
 
 Command line:
-    python -m modeling_segret.convert_rmt_checkpoint --checkpoint rmt_t.pth --variant tiny --num-labels 150 --output DIR
+    python -m modeling_segret.convert_rmt_checkpoint --checkpoint rmt_t.pth --variant tiny --num_labels 150 \\
+        --output_dir DIR
 """
 
 import argparse
@@ -193,7 +194,7 @@ def convert_checkpoint(
     if id2label is None:
         id2label = {index: f"LABEL_{index}" for index in range(num_labels)}
     elif len(id2label) != num_labels:
-        raise ValueError(f"id2label has {len(id2label)} entries but --num-labels is {num_labels}.")
+        raise ValueError(f"id2label has {len(id2label)} entries but num_labels is {num_labels}.")
     config = segret_variant_config(variant, id2label=id2label, label2id={name: i for i, name in id2label.items()})
     backbone_weights = convert_rmt_state_dict(load_checkpoint(checkpoint_path), config)
 
@@ -218,19 +219,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="official RMT checkpoint (.pth, .pt or .safetensors)")
     parser.add_argument("--variant", required=True, choices=["tiny", "small", "base", "large"])
-    parser.add_argument("--num-labels", type=int, required=True, help="classes of the segmentation head")
+    parser.add_argument("--num_labels", type=int, required=True, help="classes of the segmentation head")
     parser.add_argument("--id2label", help="JSON file mapping class index to name (default LABEL_<i>)")
-    parser.add_argument("--output", required=True, help="folder to write the SegRet model to")
-    parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --output")
+    parser.add_argument("--output_dir", required=True, help="folder to write the SegRet model to")
+    parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --output_dir")
     args = parser.parse_args(argv)
     # Argument problems end with a usage message, not a traceback, before the checkpoint is read.
     if args.num_labels < 1:
-        parser.error(f"--num-labels must be at least 1, got {args.num_labels}")
+        parser.error(f"--num_labels must be at least 1, got {args.num_labels}")
     if not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
-    output_path = Path(args.output)
+    output_path = Path(args.output_dir)
     if output_path.exists() and (not output_path.is_dir() or any(output_path.iterdir())) and not args.overwrite:
-        parser.error(f"--output {args.output} is not empty; pass --overwrite to replace its contents")
+        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to replace its contents")
     id2label = None
     if args.id2label:
         try:
@@ -239,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--id2label {args.id2label}: expected a JSON object {{index: name}} ({err})")
         if sorted(id2label) != list(range(args.num_labels)):
             parser.error(f"--id2label must name classes 0..{args.num_labels - 1}, got indices {sorted(id2label)[:10]}")
-    output = convert_checkpoint(args.checkpoint, args.variant, args.num_labels, args.output, id2label, args.overwrite)
+    output = convert_checkpoint(
+        args.checkpoint, args.variant, args.num_labels, args.output_dir, id2label, args.overwrite
+    )
     print(f"Wrote SegRet-{args.variant} with the ImageNet backbone of {args.checkpoint} to {output}")
 
 

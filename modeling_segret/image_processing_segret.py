@@ -86,7 +86,7 @@ def _resize_plane(plane: np.ndarray, output_size: tuple[int, int], resample: PIL
 def resize_bilinear(images: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
     """
     SegRet's one bilinear resize, shared by the image processor and `inference_segret` (so `pipeline(...)` and
-    `training/evaluate.py` resize alike by construction): PyTorch's bilinear interpolation with
+    `training/evaluation.py` resize alike by construction): PyTorch's bilinear interpolation with
     `align_corners=False` and no antialiasing, as MMSegmentation's `resize` of images and logits. `images` is a
     float (B, C, H, W) tensor; returned unchanged when it already has `size` (height, width).
     """
@@ -208,7 +208,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
             Filter for images. `BILINEAR` is the evaluation path's resize ([`resize_bilinear`]: PyTorch's bilinear
             interpolation of the normalised float image, `align_corners=False`, no antialiasing, as
-            `training/evaluate.py`); other filters use Pillow. Segmentation maps always use Pillow's `NEAREST`.
+            `training/evaluation.py`); other filters use Pillow. Segmentation maps always use Pillow's `NEAREST`.
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
@@ -533,7 +533,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         """
         float32 `(image * rescale_factor - mean) / std`. With both steps it is computed on the image's own scale,
         as `(image - mean / rescale_factor) / (std / rescale_factor)` with the constants formed like
-        `training/evaluate.py` forms them, so the two paths give the same float32 values.
+        `training/evaluation.py` forms them, so the two paths give the same float32 values.
         """
         image = image.astype(np.float32)
         if not do_normalize:
@@ -599,7 +599,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         """
         Converts the logits of [`SegRetForSemanticSegmentation`] into per-pixel class indices.
 
-        With `target_sizes` the logits are resized as the evaluation path resizes them (`training/evaluate.py`,
+        With `target_sizes` the logits are resized as the evaluation path resizes them (`training/evaluation.py`,
         `inference_segret.segment`): bilinearly (`align_corners=False`) to the size the model was fed, which is
         recomputed from the target size with this processor's `size`, then to the target size; the padding of a
         padded batch (`do_pad=True`) is cropped off first. The argmax is taken over a few classes at a time, so a

@@ -130,7 +130,7 @@ def main() -> int:
     parser.add_argument(
         "--source", type=Path, help="transformers sdist / GitHub archive (.tar.gz) or checkout; default: pip download"
     )
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where unpacked test trees are kept")
+    parser.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE, help="where unpacked test trees are kept")
     parser.add_argument("--refresh", action="store_true", help="unpack again even if the cache has this version")
     arguments, pytest_arguments = parser.parse_known_args()
     if importlib.util.find_spec("parameterized") is None:

@@ -10,11 +10,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.metric_samples import make_samples  # noqa: E402
-from training.data import ShardSampler  # noqa: E402
-from training.metrics import SegmentationMetric  # noqa: E402
+from tests.metric_samples import make_samples  # the repository on PYTHONPATH (tests/test_metrics.py)
+from training.data import ShardSampler
+from training.metrics import SegmentationMetric
 
 
 def main() -> None:

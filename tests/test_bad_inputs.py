@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +31,23 @@ from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor,
 from modeling_segret.convert_rmt_checkpoint import convert_checkpoint
 from modeling_segret.convert_rmt_checkpoint import main as convert_main
 from training import train
+from training.checkpoints import (
+    check_run_identity,
+    checkpoint_problem,
+    find_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 from training.data import DataError, build_dataset, get_preset, load_split, read_image
+from training.recipe import (
+    ModelArguments,
+    TrainArguments,
+    parse_arguments,
+    resolve_preset,
+    run_identity,
+    scales_from_data,
+)
+from training.run_folder import LOCK_FILE, LOSS_LOG, RUN_FILE, TRAIN_LOG, OutputDirLock
 from training.synthetic import generate
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -89,7 +106,7 @@ def _arguments(*extra: str) -> list[str]:
 
 
 def _parse(*extra: str):
-    return lambda tmp_path: train.parse_arguments(_arguments(*extra))
+    return lambda tmp_path: parse_arguments(_arguments(*extra))
 
 
 def _single_parquet(tmp_path: Path) -> Path:
@@ -139,8 +156,8 @@ def _other_number_of_classes(tmp_path):
 
 def _live_lock(tmp_path):
     (tmp_path / "run").mkdir()
-    holder = {"host": train.socket.gethostname(), "pid": os.getppid(), "started": "earlier"}
-    (tmp_path / "run" / train.LOCK_FILE).write_text(json.dumps(holder))
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "started": "earlier"}
+    (tmp_path / "run" / LOCK_FILE).write_text(json.dumps(holder))
     train.main(_arguments("--output_dir", str(tmp_path / "run")))
 
 
@@ -170,7 +187,7 @@ def _bf16_into_fp32_model(tmp_path):
 
 def _convert(tmp_path, *extra: str):
     (tmp_path / "rmt.pth").write_bytes(b"")
-    convert_main(["--checkpoint", str(tmp_path / "rmt.pth"), "--variant", "tiny", "--output", str(tmp_path / "out"),
+    convert_main(["--checkpoint", str(tmp_path / "rmt.pth"), "--variant", "tiny", "--output_dir", str(tmp_path / "out"),
                   *extra])  # fmt: skip
 
 
@@ -247,10 +264,10 @@ BAD_INPUTS = [
     ("inf pixels", _inf_pixel, ValueError, "non-finite values"),
     ("bf16 input, fp32 model", _bf16_into_fp32_model, ValueError, "cast the input"),
     # converter
-    ("converter --num-labels 0", lambda p: _convert(p, "--num-labels", "0"), SystemExit, "--num-labels must be"),
+    ("converter --num_labels 0", lambda p: _convert(p, "--num_labels", "0"), SystemExit, "--num_labels must be"),
     (
         "converter missing checkpoint",
-        lambda p: _convert(p, "--num-labels", "3", "--checkpoint", "/no.pth"),
+        lambda p: _convert(p, "--num_labels", "3", "--checkpoint", "/no.pth"),
         SystemExit,
         "no such file",
     ),
@@ -272,24 +289,24 @@ def test_bad_input_gets_a_clear_message(action, error, fragment, tmp_path, capsy
 def test_scalar_crop_size_means_a_square_and_class_names_name_the_classes(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("dataset: generic\ncrop_size: 64\nclass_names: [road, car]\n")
-    _, data_args, _ = train.parse_arguments([str(recipe), "--report_to", "none"])
+    _, data_args, _ = parse_arguments([str(recipe), "--report_to", "none"])
     assert data_args.crop_size == (64, 64)
-    assert train.resolve_preset(data_args).class_names == ("road", "car")
-    _, data_args, _ = train.parse_arguments(_arguments("--dataset", "generic", "--class_names", "road,car,sky"))
-    assert train.resolve_preset(data_args).id2label == {0: "road", 1: "car", 2: "sky"}
+    assert resolve_preset(data_args).class_names == ("road", "car")
+    _, data_args, _ = parse_arguments(_arguments("--dataset", "generic", "--class_names", "road,car,sky"))
+    assert resolve_preset(data_args).id2label == {0: "road", 1: "car", 2: "sky"}
 
 
 def test_generic_scales_come_from_the_data(tmp_path):
     _generic_dataset(3, shape=(90, 120)).save_to_disk(str(tmp_path / "data"))
-    _, data_args, _ = train.parse_arguments(_arguments("--dataset", "generic", "--num_labels", "3"))
-    preset = train.resolve_preset(data_args)
+    _, data_args, _ = parse_arguments(_arguments("--dataset", "generic", "--num_labels", "3"))
+    preset = resolve_preset(data_args)
     dataset = build_dataset(preset, str(tmp_path / "data"), "train", train=True)
-    derived = train.scales_from_data(preset, dataset, data_args)
+    derived = scales_from_data(preset, dataset, data_args)
     assert derived.train_scale == derived.test_scale == (120, 90) and derived.crop_size == (64, 64)
-    _, data_args, _ = train.parse_arguments(
+    _, data_args, _ = parse_arguments(
         _arguments("--dataset", "generic", "--num_labels", "3", "--crop_size", "48", "--test_scale", "200", "100")
     )
-    asked = train.scales_from_data(train.resolve_preset(data_args), dataset, data_args)
+    asked = scales_from_data(resolve_preset(data_args), dataset, data_args)
     assert asked.crop_size == (48, 48) and asked.test_scale == (200, 100) and asked.train_scale == (120, 90)
 
 
@@ -302,18 +319,18 @@ def test_mistyped_output_dir_and_derived_scales_are_said_on_the_console_and_in_t
     root = logging.getLogger()
     level = root.level
     train.main(_generic_run(tmp_path / "data", output_dir, "--resume_from_checkpoint", "latest"))
-    console, log = capsys.readouterr().err, (output_dir / train.TRAIN_LOG).read_text()
+    console, log = capsys.readouterr().err, (output_dir / TRAIN_LOG).read_text()
     for text in (console, log):
         assert f"No checkpoint in {output_dir}: starting from scratch" in text
         assert "generic preset: train_scale=(32, 24), test_scale=(32, 24) derived from the median size" in text
         assert "--crop_size/--train_scale/--test_scale to choose others" in text
     assert root.level == level
-    assert not [h for h in root.handlers if getattr(h, "baseFilename", "").endswith(train.TRAIN_LOG)]
+    assert not [h for h in root.handlers if getattr(h, "baseFilename", "").endswith(TRAIN_LOG)]
 
 
 def test_resume_latest_over_another_runs_checkpoints_explains_why(reference, scenes, tmp_path):
     run = _copy_run(reference[0], tmp_path / "run")
-    (run / train.RUN_FILE).write_text(json.dumps({"run_id": "another-run"}))
+    (run / RUN_FILE).write_text(json.dumps({"run_id": "another-run"}))
     message = (
         r"No checkpoint of this run in .* \(checkpoint-3: complete, but of another run than run.json names; "
         r"checkpoint-6: complete, .*\)\. To continue from another run's checkpoint, name its folder"
@@ -397,7 +414,7 @@ def _copy_run(reference_dir: Path, destination: Path) -> Path:
     destination.mkdir(parents=True)
     for checkpoint in reference_dir.glob("checkpoint-*"):
         shutil.copytree(checkpoint, destination / checkpoint.name)
-    shutil.copy2(reference_dir / train.RUN_FILE, destination / train.RUN_FILE)
+    shutil.copy2(reference_dir / RUN_FILE, destination / RUN_FILE)
     return destination
 
 
@@ -430,13 +447,13 @@ def _flip_last_data_byte(path: Path) -> None:
 def test_damaged_newest_checkpoint_is_explained_and_skipped(reference, tmp_path, damage, fragment, caplog):
     run = _copy_run(reference[0], tmp_path / "run")
     damage(run / "checkpoint-6")
-    assert fragment in train.checkpoint_problem(run / "checkpoint-6")
-    assert train.checkpoint_problem(run / "checkpoint-3") is None
+    assert fragment in checkpoint_problem(run / "checkpoint-6")
+    assert checkpoint_problem(run / "checkpoint-3") is None
     with caplog.at_level(logging.WARNING):
-        assert train.find_checkpoint(run, "latest") == run / "checkpoint-3"
+        assert find_checkpoint(run, "latest") == run / "checkpoint-3"
     assert "checkpoint-6 is incomplete or corrupt" in caplog.text and "falling back" in caplog.text
     with pytest.raises(FileNotFoundError, match=fragment):
-        train.find_checkpoint(run, str(run / "checkpoint-6"))
+        find_checkpoint(run, str(run / "checkpoint-6"))
 
 
 def test_resume_falls_back_to_the_previous_checkpoint_exactly(reference, scenes, tmp_path):
@@ -477,33 +494,33 @@ def test_kill_while_a_checkpoint_is_written_loses_nothing(reference, scenes, tmp
     killed = subprocess.run([sys.executable, "-c", script], env=environment, cwd=tmp_path, capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     assert (run / ".tmp-checkpoint-6").is_dir() and not (run / "checkpoint-6").exists()
-    assert (run / train.LOCK_FILE).is_file()  # left by the killed process: stale, recognised below
-    logged = [json.loads(line)["step"] for line in (run / train.LOSS_LOG).read_text().splitlines()]
+    assert (run / LOCK_FILE).is_file()  # left by the killed process: stale, recognised below
+    logged = [json.loads(line)["step"] for line in (run / LOSS_LOG).read_text().splitlines()]
     assert logged == [1, 2, 3, 4, 5, 6]  # the loss log was written as the run went
-    assert "Checkpoint saved to" in (run / train.TRAIN_LOG).read_text()
+    assert "Checkpoint saved to" in (run / TRAIN_LOG).read_text()
 
     resumed = train.main(_tiny_run(scenes, run, "--resume_from_checkpoint", "latest"))["history"]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in reference[1][3:]]
-    log = [json.loads(line) for line in (run / train.LOSS_LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (run / LOSS_LOG).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # each step once: the killed run's 4..6 were replaced
     assert [r["loss"] for r in log] == [r["loss"] for r in reference[1]]
-    assert not (run / train.LOCK_FILE).exists() and (run / "model.safetensors").is_file()
-    assert "Removing the stale lock" in (run / train.TRAIN_LOG).read_text()
+    assert not (run / LOCK_FILE).exists() and (run / "model.safetensors").is_file()
+    assert "Removing the stale lock" in (run / TRAIN_LOG).read_text()
 
 
 def test_resume_with_another_recipe_is_refused_unless_asked(reference, scenes, tmp_path, caplog):
     run = _copy_run(reference[0], tmp_path / "run")
     with pytest.raises(ValueError, match=r"learning_rate: 0.0005 in the checkpoint, 0.001 now(.|\n)*--ignore_run"):
         train.main(_tiny_run(scenes, run, "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3"))
-    identity = train.run_identity(
-        train.ModelArguments(), train.TrainArguments(per_device_train_batch_size=4, learning_rate=5e-4,
+    identity = run_identity(
+        ModelArguments(), TrainArguments(per_device_train_batch_size=4, learning_rate=5e-4,
                                                      max_steps=6, warmup_steps=2),
         get_preset("synthetic"), num_processes=1,
     )  # fmt: skip
     with pytest.raises(ValueError, match="per_device_train_batch_size: 2 in the checkpoint, 4 now"):
-        train.check_run_identity(run / "checkpoint-3", identity, ignore=False)
+        check_run_identity(run / "checkpoint-3", identity, ignore=False)
     with caplog.at_level(logging.WARNING):
-        train.check_run_identity(run / "checkpoint-3", identity, ignore=True)
+        check_run_identity(run / "checkpoint-3", identity, ignore=True)
     assert "continuing with the new values" in caplog.text
 
 
@@ -526,22 +543,22 @@ def test_pruning_touches_only_this_runs_checkpoints(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"run_id": "other"}))
     run = {"run_id": "mine", "identity": {}}
     for step in (4, 8, 12):
-        train.save_checkpoint(_OneProcess(), tmp_path, step, 0, step, limit=2, run=run)
+        save_checkpoint(_OneProcess(), tmp_path, step, 0, step, limit=2, run=run)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
         "checkpoint-12", "checkpoint-20", "checkpoint-24", "checkpoint-8",
     ]  # fmt: skip
     assert not list(tmp_path.glob(".deleting-*")) and not list(tmp_path.glob(".tmp-*"))
-    (tmp_path / train.RUN_FILE).write_text(json.dumps(run))
-    assert train.list_checkpoints(tmp_path, "mine")[-1][1].name == "checkpoint-12"
+    (tmp_path / RUN_FILE).write_text(json.dumps(run))
+    assert list_checkpoints(tmp_path, "mine")[-1][1].name == "checkpoint-12"
 
 
 def test_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path, caplog):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock_file = tmp_path / train.LOCK_FILE
-    lock_file.write_text(json.dumps({"host": train.socket.gethostname(), "pid": int(dead.stdout)}))
-    lock = train.OutputDirLock(tmp_path)
+    lock_file = tmp_path / LOCK_FILE
+    lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    lock = OutputDirLock(tmp_path)
     assert "stale lock" in lock.acquire() and json.loads(lock_file.read_text())["pid"] == os.getpid()
     with pytest.raises(RuntimeError, match="in use by another training run"):
-        train.OutputDirLock(tmp_path).acquire()
+        OutputDirLock(tmp_path).acquire()
     lock.release()
     assert not lock_file.exists()

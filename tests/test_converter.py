@@ -129,7 +129,9 @@ def test_command_line_writes_a_loadable_segmentation_model(tmp_path):
     checkpoint_path = tmp_path / "rmt_t.pth"
     torch.save({"model": official, "epoch": 300}, checkpoint_path)
     output = tmp_path / "segret-tiny"
-    main(["--checkpoint", str(checkpoint_path), "--variant", "tiny", "--num-labels", "150", "--output", str(output)])
+    main(
+        ["--checkpoint", str(checkpoint_path), "--variant", "tiny", "--num_labels", "150", "--output_dir", str(output)]
+    )
 
     assert (output / "model.safetensors").exists() and (output / "preprocessor_config.json").exists()
     model = AutoModelForSemanticSegmentation.from_pretrained(output)
@@ -151,9 +153,9 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
                 str(checkpoint_path),
                 "--variant",
                 "tiny",
-                "--num-labels",
+                "--num_labels",
                 "2",
-                "--output",
+                "--output_dir",
                 str(tmp_path / "out"),
             ]
         )

@@ -271,7 +271,7 @@ def test_verify_labels_histogram(ade_parquet, capsys):
     assert report["train_id_histogram"][255] == report["raw_histogram"][0]
     assert report["train_id_histogram"][149] == report["raw_histogram"][150]
     assert "150 ->" in format_histogram(report, ds.preset) and "ignore" in format_histogram(report, ds.preset)
-    assert main(["--dataset", "ade20k", "--source", str(root), "--verify_labels", "3"]) == 0
+    assert main(["--dataset", "ade20k", "--dataset_path", str(root), "--verify_labels", "3"]) == 0
     assert "raw label values over 3 rows" in capsys.readouterr().out
 
 
@@ -282,7 +282,7 @@ def test_verify_labels_reports_every_bad_row(tmp_path, capsys):
     ds = build_dataset("ade20k", str(path))
     with pytest.raises(DataError, match=r"2 of 3 rows: row 1: values \[151\]; row 2: values \[200, 255\]"):
         verify_labels(ds, 10)
-    assert main(["--dataset", "ade20k", "--source", str(path), "--verify_labels", "3"]) == 1
+    assert main(["--dataset", "ade20k", "--dataset_path", str(path), "--verify_labels", "3"]) == 1
     assert "label check failed" in capsys.readouterr().err
 
 

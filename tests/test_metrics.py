@@ -149,7 +149,7 @@ def test_two_processes_match_single_process(tmp_path):
     # `python -m torch.distributed.run` is `torchrun`; --standalone picks a free port.
     num_samples, num_labels = 7, 6  # odd: the shards are 4 and 3 samples
     out = tmp_path / "dist.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     worker = Path(__file__).with_name("metric_dist_worker.py")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -30,7 +30,7 @@ from training.model_card import (
 from training.presets import get_preset
 from training.publish import assemble
 
-# What training/evaluate.py writes (one mode per file) and what training/train.py writes.
+# What training/evaluation.py writes (one mode per file) and what training/train.py writes.
 EVALUATE_OUTPUT = {
     "model": "outputs/segret-tiny-ade20k",
     "dataset": "ade20k",
@@ -271,7 +271,7 @@ def test_cards_state_the_protocol_of_each_number():
     assert "Protocol (Mask2Former's, which the paper follows)" in city and "the whole full-resolution image" in city
     assert "eval_mode: ss" in city and "eval_mode: slide" not in city
     assert "| Dataset | Single-scale, whole image | Multi-scale + flip |" in city
-    # A checkpoint's own numbers name their inference, window and test scale (as training/evaluate.py records them).
+    # A checkpoint's own numbers name their inference, window and test scale (as training/evaluation.py records them).
     slide = {"mode": "slide", "mean_iou": 0.8, "test_scale": [2048, 1024]}
     slide["inference"] = {"mode": "slide", "crop_size": [1024, 1024], "stride": [768, 768]}
     whole = {"mode": "ss", "mean_iou": 0.81, "test_scale": [2048, 1024], "inference": {"mode": "whole"}}

@@ -298,7 +298,7 @@ def test_broken_folders_fail_loudly(published, source, tmp_path):
 
 
 def test_results_from_several_evaluation_folders(tmp_path, source):
-    """training/evaluate.py writes eval_results.json per run: collect ss and ms runs without overwriting."""
+    """training/evaluation.py writes eval_results.json per run: collect ss and ms runs without overwriting."""
     paths = []
     for mode, value in (("slide", 0.41), ("ms", 0.43)):
         run = tmp_path / f"eval_{mode}"

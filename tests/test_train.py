@@ -1,4 +1,5 @@
-"""training/train.py end to end on the synthetic scenes: evaluation, checkpoints, exact resume, recipes, crashes."""
+"""training/train.py end to end on the synthetic scenes: evaluation, checkpoints, exact resume, recipes, crashes;
+how its tools start (as scripts and as modules)."""
 
 import json
 import math
@@ -14,7 +15,9 @@ from transformers import AutoModelForSemanticSegmentation
 
 from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
 from training import train
+from training.checkpoints import find_checkpoint
 from training.presets import PRESET_NAMES
+from training.recipe import TrainArguments, parse_arguments
 from training.synthetic import generate
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -100,7 +103,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(scenes, tmp_path, monke
         train.main(tiny_run(scenes, output))
     monkeypatch.undo()
 
-    assert train.find_checkpoint(output, "latest") == output / "checkpoint-3"
+    assert find_checkpoint(output, "latest") == output / "checkpoint-3"
     AcceleratorState._reset_state(reset_partial_state=True)
     resumed = train.main(tiny_run(scenes, output, "--resume_from_checkpoint", "latest"))
     assert [r["step"] for r in resumed["history"]] == [4, 5, 6]
@@ -119,11 +122,11 @@ def test_non_finite_loss_stops_with_the_step(scenes, tmp_path, monkeypatch):
     monkeypatch.setattr(SegRetForSemanticSegmentation, "compute_loss", loss_turning_nan)
     with pytest.raises(FloatingPointError, match=r"Non-finite loss \(nan\) at step 5"):
         train.main(tiny_run(scenes, tmp_path / "run", "--eval_steps", "100"))  # no evaluation needed
-    assert train.find_checkpoint(tmp_path / "run", "latest") == tmp_path / "run" / "checkpoint-3"
+    assert find_checkpoint(tmp_path / "run", "latest") == tmp_path / "run" / "checkpoint-3"
 
 
 def test_learning_rate_schedule_is_linear_warmup_then_poly():
-    args = train.TrainArguments(
+    args = TrainArguments(
         max_steps=100,
         warmup_steps=10,
         learning_rate=1e-4,
@@ -140,7 +143,7 @@ def test_learning_rate_schedule_is_linear_warmup_then_poly():
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda path: path.stem)
 def test_recipes_parse_and_name_existing_presets_and_variants(recipe):
-    model_args, data_args, train_args = train.parse_arguments([str(recipe)])
+    model_args, data_args, train_args = parse_arguments([str(recipe)])
     fields = yaml.safe_load(recipe.read_text())
     assert model_args.variant in SEGRET_VARIANTS
     assert data_args.dataset in (*PRESET_NAMES, "synthetic")
@@ -157,7 +160,7 @@ def test_unknown_recipe_field_is_an_error(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("variant: tiny\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown fields \['learning_rat'\]"):
-        train.parse_arguments([str(recipe)])
+        parse_arguments([str(recipe)])
 
 
 @pytest.mark.slow
@@ -184,12 +187,12 @@ def test_two_processes_train_and_evaluate_like_one(scenes, tmp_path):
     single = tmp_path / "single"
     command = [
         sys.executable,
-        str(REPOSITORY / "training" / "evaluate.py"),
+        str(REPOSITORY / "training" / "evaluation.py"),
         "--model",
         str(output),
         "--dataset",
         "synthetic",
-        "--source",
+        "--dataset_path",
         str(scenes),
         "--mode",
         "ss",

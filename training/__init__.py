@@ -1,9 +1,12 @@
 """Training and evaluation for SegRet: datasets and augmentation, metrics, Accelerate scripts.
 
 Modules: ``presets`` (the benchmarks' label maps, classes, scales and Hub ids; imports nothing of the project's),
-``data`` (loading, label mapping), ``transforms`` (MMSegmentation-equivalent augmentation), ``metrics`` (streaming,
-distributed-exact mIoU), ``evaluate`` (evaluation entry point), ``model_card`` and ``publish`` (cards rendered from
-``model_cards/template.md``, Hub upload). Submodules are imported on demand, so ``import training`` stays light.
+``data`` (loading, label mapping, the resumable training order), ``transforms`` (MMSegmentation-equivalent
+augmentation), ``metrics`` (streaming, distributed-exact mIoU), ``evaluation`` (evaluation entry point), ``train``
+(the training loop) with ``recipe`` (its arguments), ``checkpoints`` and ``run_folder`` (the run's bookkeeping),
+``model_card`` and ``publish`` (cards rendered from ``model_cards/template.md``, Hub upload). Each tool runs as
+``python training/<tool>.py`` or ``python -m training.<tool>``. Submodules are imported on demand, so
+``import training`` stays light.
 """
 
 import logging

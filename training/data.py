@@ -6,7 +6,7 @@ read undecoded and decoded here, so a broken file fails with the row and column 
 index arrays (``np.array(PIL)``) and never colour-converted; each preset maps raw values to train ids through a
 lookup table, 255 = ignore, and rejects values outside its raw range (the presets are in ``training/presets.py``).
 
-Run ``python training/data.py --dataset ade20k --source PATH --split validation --verify_labels 20`` for a
+Run ``python training/data.py --dataset ade20k --dataset_path PATH --split validation --verify_labels 20`` for a
 one-shot histogram of the raw label values of the first rows.
 """
 
@@ -19,13 +19,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    # Run as a script: import the repository, and keep training/ off sys.path (training/evaluate.py would shadow the
-    # `evaluate` library).
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
 
 import datasets
 import numpy as np
@@ -459,6 +452,49 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.num_samples, self.world_size))
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """This process's share of a permutation seeded by (seed, epoch), starting `start_batch` batches in.
+
+    The order depends only on the seed, the epoch and the number of processes, which is what makes resuming exact.
+    Each epoch drops the incomplete last global batch, as MMSegmentation's iteration-based runner does.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = num_samples // (batch_size * world_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"The training split has {num_samples} samples, fewer than one global batch "
+                f"({batch_size} x {world_size} processes)."
+            )
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
+        per_process = order[: self.batches_per_epoch * self.batch_size * self.world_size][self.rank :: self.world_size]
+        return iter(per_process[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """Draws each sample's augmentation from a generator seeded by (seed, epoch, row): same crops after a resume."""
+
+    def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, self.epoch, index]))
+
+
 # ------------------------------------------------------------------------------------------------ label check
 def verify_labels(dataset: SegmentationDataset, num_rows: int) -> dict[str, Any]:
     """Histogram of raw label values (and train ids) over the first ``num_rows`` rows; raises on bad values.
@@ -513,15 +549,13 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset", default="ade20k", choices=PRESET_NAMES, help="dataset preset")
     group.add_argument(
-        "--source",
         "--dataset_path",
-        dest="source",
         default=None,
         help="Hub id or local path (parquet, save_to_disk folder, image folders); default: preset's",
     )
     group.add_argument("--split", default=None, help="split name (default: the preset's train/eval split)")
-    group.add_argument("--revision", default=None, help="Hub revision")
-    group.add_argument("--data_dir", default=None, help="sub-directory of the Hub dataset")
+    group.add_argument("--dataset_revision", default=None, help="Hub revision of the dataset")
+    group.add_argument("--dataset_data_dir", default=None, help="sub-directory of the Hub dataset")
     group.add_argument("--image_column", default=None)
     group.add_argument("--label_column", default=None)
     group.add_argument("--num_labels", type=int, default=None, help="generic preset: number of classes")
@@ -560,8 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_dataset_arguments(parser)
     args = parser.parse_args(argv)
     preset = preset_from_args(args)
-    dataset = build_dataset(preset, args.source, args.split, revision=args.revision, data_dir=args.data_dir)
-    print(f"{args.source or preset.hub_id} split {dataset.split!r}: {len(dataset)} rows")
+    dataset = build_dataset(
+        preset, args.dataset_path, args.split, revision=args.dataset_revision, data_dir=args.dataset_data_dir
+    )
+    print(f"{args.dataset_path or preset.hub_id} split {dataset.split!r}: {len(dataset)} rows")
     if args.verify_labels:
         try:
             report = verify_labels(dataset, args.verify_labels)

@@ -5,7 +5,7 @@ The card's words live in the template; this module computes what goes into them 
 
 - the model's `SegRetConfig` (variant, classes) and, through `modeling_segret.complexity`, its parameter and FLOP
   counts;
-- evaluation results ([`load_eval_results`]): the `eval_results*.json` files that `training/evaluate.py` and
+- evaluation results ([`load_eval_results`]): the `eval_results*.json` files that `training/evaluation.py` and
   `training/train.py` write. Each file holds one result (a dict), a list of them, `{"results": [...]}`, or a dict
   keyed by mode. A result needs `mode` (`"ss"` whole image, `"slide"` sliding window, both single-scale, or `"ms"`
   multi-scale + flip) and `mean_iou` (a fraction, as `SegmentationMetric.compute` returns; values above 1 are read
@@ -86,7 +86,7 @@ class DatasetInfo:
 
 def _preset_facts(key: str, variant: str | None = None) -> dict[str, Any]:
     """Hub id, split, crop, test scale and sliding window of the training preset (`training/presets.py`) for
-    `variant`, so the card describes the protocol that `training/train.py` and `training/evaluate.py` run."""
+    `variant`, so the card describes the protocol that `training/train.py` and `training/evaluation.py` run."""
     preset = get_preset(key, variant=variant)
     return {
         "hub_id": preset.hub_id,
@@ -228,7 +228,7 @@ def _parse_record(entry: Mapping, where: str, mode_hint: str | None = None) -> E
         description = "single-scale, " + ("sliding window" if kind == "slide" else "whole image")
         if kind == "slide" and inference.get("crop_size") and inference.get("stride"):
             description += f" {_size(inference['crop_size'])} stride {_size(inference['stride'])}"
-    # The test scale the run used (training/evaluate.py records it; None = the images' own size).
+    # The test scale the run used (training/evaluation.py records it; None = the images' own size).
     if "test_scale" in entry:
         scale = entry["test_scale"]
         description += f", {'scale ' + _size(scale) if scale else 'original size'}"

@@ -9,7 +9,7 @@ of `training/train.py`, of `python -m modeling_segret.convert_rmt_checkpoint`, o
 Read from it as well, when present:
 
 - `preprocessor_config.json`: the image processor (otherwise the dataset's test-time processor is written);
-- `eval_results.json` and `eval_results_*.json`: this checkpoint's results, from `training/evaluate.py` (one mode
+- `eval_results.json` and `eval_results_*.json`: this checkpoint's results, from `training/evaluation.py` (one mode
   per file: collect the ss/slide and ms files here, or pass `--eval_results`) or `training/train.py`. The formats are
   described in `training/model_card.py`. Without results the card states that its numbers are the paper's and has no
   `model-index`;
@@ -47,13 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    # Run as a script: import the repository, and keep training/ off sys.path (training/evaluate.py would shadow the
-    # `evaluate` library).
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
+import numpy as np
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 
@@ -250,7 +244,7 @@ def assemble(
     processor.save_pretrained(output_dir)
 
     for index, file in enumerate(source_data.eval_files):
-        # evaluate.py names every result eval_results.json: results from several folders must not overwrite.
+        # evaluation.py names every result eval_results.json: results from several folders must not overwrite.
         taken = [other.name for other in source_data.eval_files[:index]]
         name = file.name if file.name not in taken else f"{file.stem}_{index}{file.suffix}"
         shutil.copy2(file, output_dir / name)

@@ -1,4 +1,4 @@
-"""training/evaluate.py end to end with a tiny SegRet on a tiny Cityscapes-schema dataset."""
+"""training/evaluation.py end to end with a tiny SegRet on a tiny Cityscapes-schema dataset."""
 
 import io
 import json
@@ -19,7 +19,7 @@ from transformers import pipeline
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.inference_segret import rescale_size
 from training.data import build_dataset
-from training.evaluate import (
+from training.evaluation import (
     _normalization,
     _predict_batch,
     colorize,
@@ -36,7 +36,7 @@ from training.transforms import EvalTransform
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(64, 128), (64, 128), (48, 80), (40, 40), (64, 128)]  # rows 0 and 1 stack into one batch
 RAW_VALUES = np.array([0, 7, 8, 11, 21, 23, 26, 33], np.uint8)
-COMMON = ["--dataset", "cityscapes", "--test_scale", "128", "64", "--num_workers", "0"]
+COMMON = ["--dataset", "cityscapes", "--test_scale", "128", "64", "--dataloader_num_workers", "0"]
 
 
 def _png(array):
@@ -75,7 +75,8 @@ def setup(tmp_path_factory):
 
 def _run(setup, out, *extra):
     root = setup[0]
-    args = ["--model", str(root / "model"), "--source", str(root / "city"), "--output_dir", str(out), *COMMON, *extra]
+    args = ["--model", str(root / "model"), "--dataset_path", str(root / "city"), "--output_dir", str(out)]
+    args += [*COMMON, *extra]
     assert main(args) == 0
     return json.loads((Path(out) / "eval_results.json").read_text())
 
@@ -123,13 +124,13 @@ def test_library_functions_match_the_script(setup, tmp_path):
     assert model.training  # restored
     assert scores["mean_iou"] == script["mean_iou"] and scores["num_samples"] == 5
     assert scores["inference"] == {"test_scale": [128, 64], "mode": "whole", "scales": [1.0], "flip": False}
-    overlay_settings = {"mode": "slide", "test_scale": (128, 64), "crop_size": (32, 32), "stride": (32, 32)}
+    overlay_settings = {"mode": "slide", "test_scale": (128, 64), "slide_crop_size": (32, 32), "slide_stride": (32, 32)}
     paths = save_overlays(model, dataset, None, tmp_path / "overlays", 2, **overlay_settings)
     assert [p.name for p in paths] == ["00000.png", "00001.png"] and all(p.is_file() for p in paths)
 
 
 def test_pipeline_mask_equals_the_single_scale_prediction(setup):
-    """`pipeline(...)` with a processor sized like the test scale predicts what `evaluate.py --mode ss` predicts:
+    """`pipeline(...)` with a processor sized like the test scale predicts what `evaluation.py --mode ss` predicts:
     the same normalisation, the same resize of the image and of the logits, bit for bit."""
     root, images, _ = setup
     model = SegRetForSemanticSegmentation.from_pretrained(root / "model").eval()
@@ -157,7 +158,9 @@ def test_overlay_colours():
 
 
 def test_slide_and_multi_scale_modes(setup, tmp_path):
-    slide = _run(setup, tmp_path / "slide", "--mode", "slide", "--crop_size", "48", "48", "--stride", "40", "40")
+    slide = _run(
+        setup, tmp_path / "slide", "--mode", "slide", "--slide_crop_size", "48", "48", "--slide_stride", "40", "40"
+    )
     assert slide["inference"] == {"mode": "slide", "scales": [1.0], "flip": False, "crop_size": [48, 48],
                                   "stride": [40, 40]}  # fmt: skip
     ms = _run(setup, tmp_path / "ms", "--mode", "ms", "--scales", "0.5", "1.0", "--batch_size", "2")
@@ -176,7 +179,7 @@ def test_bad_labels_fail_with_row(setup, tmp_path, capsys):
     }  # fmt: skip
     features = datasets.Features({"image": datasets.Image(), "semantic_segmentation": datasets.Image()})
     datasets.Dataset.from_dict(table, features=features).save_to_disk(str(tmp_path / "bad"))
-    args = ["--model", str(root / "model"), "--source", str(tmp_path / "bad"), "--output_dir", str(tmp_path)]
+    args = ["--model", str(root / "model"), "--dataset_path", str(tmp_path / "bad"), "--output_dir", str(tmp_path)]
     assert main([*args, *COMMON, "--verify_labels", "2"]) == 1
     assert "row 1: values [40]" in capsys.readouterr().err
     assert main([*args, *COMMON]) == 1  # without the check, the row fails when it is read
@@ -185,7 +188,7 @@ def test_bad_labels_fail_with_row(setup, tmp_path, capsys):
 
 def test_model_and_dataset_class_mismatch(setup, tmp_path):
     root = setup[0]
-    args = ["--model", str(root / "model"), "--source", str(root / "city"), "--dataset", "generic",
+    args = ["--model", str(root / "model"), "--dataset_path", str(root / "city"), "--dataset", "generic",
             "--num_labels", "5", "--label_column", "semantic_segmentation", "--output_dir", str(tmp_path)]  # fmt: skip
     with pytest.raises(ValueError, match="predicts 19 classes but the generic preset has 5"):
         main(args)
@@ -194,10 +197,10 @@ def test_model_and_dataset_class_mismatch(setup, tmp_path):
 @pytest.mark.slow
 def test_script_and_two_process_accelerate_launch_agree(setup, tmp_path):
     root = setup[0]
-    args = ["--model", str(root / "model"), "--source", str(root / "city"), *COMMON, "--num_overlays", "0"]
+    args = ["--model", str(root / "model"), "--dataset_path", str(root / "city"), *COMMON, "--num_overlays", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in both runs: results must be identical
     single = subprocess.run(
-        [sys.executable, str(ROOT / "training" / "evaluate.py"), *args, "--output_dir", str(tmp_path / "one")],
+        [sys.executable, str(ROOT / "training" / "evaluation.py"), *args, "--output_dir", str(tmp_path / "one")],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
@@ -218,7 +221,7 @@ def test_script_and_two_process_accelerate_launch_agree(setup, tmp_path):
         "0",
     ]
     two = subprocess.run(
-        [*launch, str(ROOT / "training" / "evaluate.py"), *args, "--output_dir", str(tmp_path / "two")],
+        [*launch, str(ROOT / "training" / "evaluation.py"), *args, "--output_dir", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
@@ -264,10 +267,12 @@ def test_large_on_ade20k_tests_at_640_and_cityscapes_whole():
     assert (slide["crop_size"], slide["stride"]) == ((1024, 1024), (768, 768))
     # The explicit settings of a run still win.
     assert inference_settings(large, "ss", test_scale=(2048, 512))["test_scale"] == (2048, 512)
+    window = inference_settings(large, "slide", slide_crop_size=(320, 320), slide_stride=(200, 200))
+    assert (window["crop_size"], window["stride"]) == ((320, 320), (200, 200))  # segment()'s names for them
 
 
 def test_in_training_evaluation_follows_the_variant():
-    from training.train import DataArguments, resolve_preset
+    from training.recipe import DataArguments, resolve_preset
 
     assert resolve_preset(DataArguments(dataset="ade20k"), "large").slide_stride == (426, 426)
     assert resolve_preset(DataArguments(dataset="ade20k"), "base").test_scale == (2048, 512)
@@ -306,8 +311,8 @@ def ade_setup(tmp_path_factory):
                                                               ("large", [2560, 640], [640, 640])])  # fmt: skip
 def test_cli_test_scale_follows_the_variant(ade_setup, tmp_path, variant, test_scale, window):
     # The tiny architecture is no paper variant: dataset defaults, unless --variant names one.
-    args = ["--model", str(ade_setup / "model"), "--source", str(ade_setup / "ade"), "--dataset", "ade20k"]
-    args += ["--output_dir", str(tmp_path), "--num_workers", "0", "--num_overlays", "0", "--mode", "slide"]
+    args = ["--model", str(ade_setup / "model"), "--dataset_path", str(ade_setup / "ade"), "--dataset", "ade20k"]
+    args += ["--output_dir", str(tmp_path), "--dataloader_num_workers", "0", "--num_overlays", "0", "--mode", "slide"]
     assert main(args + (["--variant", variant] if variant else [])) == 0
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["variant"] == variant and results["test_scale"] == test_scale

@@ -1,18 +1,19 @@
 """Evaluate a semantic segmentation model on ADE20K, Cityscapes, COCO-Stuff or a generic dataset.
 
-    python training/evaluate.py --model DIR_OR_HUB_ID --dataset ade20k --mode ss|slide|ms [--source PATH]
-    accelerate launch training/evaluate.py ...          # the same, sharded over processes
+    python training/evaluation.py --model DIR_OR_HUB_ID --dataset ade20k --mode ss|slide|ms [--dataset_path PATH]
+    python -m training.evaluation ...                   # the same
+    accelerate launch training/evaluation.py ...        # the same, sharded over processes
 
 Modes (MMSegmentation / Mask2Former protocol): ``ss`` resizes keep-ratio to the benchmark's test scale and runs the
-whole image; ``slide`` does the same with overlapping crops; ``ms`` averages softmax over the ratios 0.5..1.75 of
-the test scale and their horizontal flips (``--ms_inference slide`` for crops at every scale). Predictions are
+whole image; ``slide`` does the same with overlapping windows; ``ms`` averages softmax over the ratios 0.5..1.75 of
+the test scale and their horizontal flips (``--ms_inference slide`` for windows at every scale). Predictions are
 always scored at the original label resolution. The test scale and sliding window follow the dataset and the model's
-variant (read from its config; ``--variant`` to choose): 2048×512, windows 512/341 on ADE20K and COCO-Stuff,
-2560×640, windows 640/426 for SegRet-Large on ADE20K; Cityscapes ``ss`` is the whole 1024×2048 image (Mask2Former's
-protocol, which the paper follows), ``slide`` 1024² windows at stride 768 (SegFormer's). Each process evaluates a
-disjoint shard and the confusion matrices are summed, so every image counts exactly once. Writes
-``eval_results.json`` and colour overlays of the first ``--num_overlays`` images (image blended with the prediction,
-beside the image blended with the ground truth).
+variant (read from its config; ``--variant`` to choose; ``--test_scale``, ``--slide_crop_size`` and ``--slide_stride``
+to override): 2048×512, windows 512/341 on ADE20K and COCO-Stuff, 2560×640, windows 640/426 for SegRet-Large on
+ADE20K; Cityscapes ``ss`` is the whole 1024×2048 image (Mask2Former's protocol, which the paper follows), ``slide``
+1024² windows at stride 768 (SegFormer's). Each process evaluates a disjoint shard and the confusion matrices are
+summed, so every image counts exactly once. Writes ``eval_results.json`` and colour overlays of the first
+``--num_overlays`` images (image blended with the prediction, beside the image blended with the ground truth).
 """
 
 from __future__ import annotations
@@ -26,13 +27,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    # Run as a script: import the repository, and keep training/ off sys.path, where this file would shadow the
-    # `evaluate` library for every module imported afterwards.
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
 
 import numpy as np
 import torch
@@ -92,8 +86,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no test resize: ss at the original size, ms ratios of the image size (mmseg 1.x)",
     )
-    group.add_argument("--crop_size", type=int, nargs=2, metavar=("H", "W"), default=None, help="sliding window")
-    group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="sliding window")
+    # The sliding window of slide mode (default: the dataset's for the model's variant, e.g. 512 and 341 on ADE20K).
+    group.add_argument("--slide_crop_size", type=int, nargs=2, metavar=("H", "W"), help="slide mode: window size")
+    group.add_argument("--slide_stride", type=int, nargs=2, metavar=("H", "W"), help="slide mode: window step")
     group.add_argument("--crop_batch_size", type=int, default=4, help="sliding-window crops per forward pass")
     group.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), help="ms ratios")
     group.add_argument("--no_flip", action="store_true", help="ms without horizontal flips")
@@ -106,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     group.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N rows")
     group.add_argument("--batch_size", type=int, default=1, help="images per step (equal sizes are stacked)")
-    group.add_argument("--num_workers", type=int, default=2)
+    group.add_argument("--dataloader_num_workers", type=int, default=2, help="data-loading worker processes")
     group.add_argument("--output_dir", default="outputs/eval", help="eval_results.json and overlays/ go here")
     group.add_argument("--num_overlays", type=int, default=8, help="colour overlays of the first N images")
     return parser.parse_args(argv)
@@ -172,16 +167,17 @@ def inference_settings(
     mode: str = "ss",
     test_scale: Sequence[int] | None = None,
     no_test_resize: bool = False,
-    crop_size: Sequence[int] | None = None,
-    stride: Sequence[int] | None = None,
+    slide_crop_size: Sequence[int] | None = None,
+    slide_stride: Sequence[int] | None = None,
     scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = True,
     ms_inference: str = "whole",
 ) -> dict[str, Any]:
     """Keyword arguments of :func:`~modeling_segret.inference_segret.segment` for ``mode`` ss, slide or ms.
 
-    Unset sizes come from the preset (benchmark test scale, sliding-window crop and stride; see
-    :func:`~training.presets.preset_for_variant` for the variant's).
+    Unset sizes come from the preset (benchmark test scale, sliding window and its stride; see
+    :func:`~training.presets.preset_for_variant` for the variant's). The returned ``crop_size`` and ``stride`` are
+    ``segment``'s names for ``slide_crop_size`` and ``slide_stride``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -191,7 +187,9 @@ def inference_settings(
     else:
         settings.update(mode="whole" if mode == "ss" else "slide", scales=(1.0,), flip=False)
     if settings["mode"] == "slide":
-        settings.update(crop_size=tuple(crop_size or preset.slide_crop), stride=tuple(stride or preset.slide_stride))
+        settings.update(
+            crop_size=tuple(slide_crop_size or preset.slide_crop), stride=tuple(slide_stride or preset.slide_stride)
+        )
     return settings
 
 
@@ -239,8 +237,9 @@ def evaluate_segmentation(
 
     Each process takes the rows ``rank, rank + world_size, ...`` and the confusion matrices are summed, so every row
     counts once; call it on every process. ``settings`` override :func:`inference_settings` (``test_scale``,
-    ``crop_size``, ``stride``, ``scales``, ``flip``, ``ms_inference``, ``no_test_resize``). Overlays of the rows
-    below ``num_overlays`` go to ``overlay_dir``. Returns :meth:`SegmentationMetric.compute` plus ``inference``.
+    ``slide_crop_size``, ``slide_stride``, ``scales``, ``flip``, ``ms_inference``, ``no_test_resize``). Overlays of
+    the rows below ``num_overlays`` go to ``overlay_dir``. Returns :meth:`SegmentationMetric.compute` plus
+    ``inference``.
     """
     preset = preset or preset_for_variant(dataset.preset, model_variant(getattr(model, "config", None)))
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -334,7 +333,7 @@ def summarize(scores: dict[str, Any], preset: DatasetPreset, split: str, mode: s
     }
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     """Run the evaluation described by ``args``; returns the results written to ``eval_results.json``."""
     # accelerate treats a multi-process launch on a machine without GPUs as distributed only with cpu=True;
     # otherwise every process would evaluate the whole set.
@@ -344,8 +343,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     preset = preset_from_args(args)
     mean, std = _normalization(args.model, args.trust_remote_code)
     dataset = build_dataset(
-        preset, args.source, args.split, transform=EvalTransform(mean, std), revision=args.revision,
-        data_dir=args.data_dir, max_samples=args.max_samples,
+        preset, args.dataset_path, args.split, transform=EvalTransform(mean, std), revision=args.dataset_revision,
+        data_dir=args.dataset_data_dir, max_samples=args.max_samples,
     )  # fmt: skip
     if args.verify_labels and accelerator.is_main_process:
         print(format_histogram(verify_labels(dataset, args.verify_labels), preset))
@@ -363,15 +362,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     scores = evaluate_segmentation(
         model, dataset, preset, args.mode, device=accelerator.device, batch_size=args.batch_size,
-        num_workers=args.num_workers, show_progress=accelerator.is_main_process, miou_mode=args.miou_mode,
+        num_workers=args.dataloader_num_workers, show_progress=accelerator.is_main_process, miou_mode=args.miou_mode,
         crop_batch_size=args.crop_batch_size, autocast_dtype=autocast_dtype,
         overlay_dir=Path(args.output_dir) / "overlays", num_overlays=args.num_overlays,
-        test_scale=args.test_scale, no_test_resize=args.no_test_resize, crop_size=args.crop_size, stride=args.stride,
-        scales=args.scales, flip=not args.no_flip, ms_inference=args.ms_inference,
+        test_scale=args.test_scale, no_test_resize=args.no_test_resize, slide_crop_size=args.slide_crop_size,
+        slide_stride=args.slide_stride, scales=args.scales, flip=not args.no_flip, ms_inference=args.ms_inference,
     )  # fmt: skip
     results = summarize(
         scores, preset, dataset.split, args.mode,
-        model=args.model, variant=variant, source=args.source or preset.hub_id, miou_mode=args.miou_mode,
+        model=args.model, variant=variant, source=args.dataset_path or preset.hub_id, miou_mode=args.miou_mode,
         num_processes=accelerator.num_processes,
     )  # fmt: skip
     results["seconds"] = round(time.perf_counter() - start, 2)
@@ -390,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     args = parse_args(argv)
     try:
-        evaluate(args)
+        run_evaluation(args)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
