@@ -441,10 +441,8 @@ class SegRetEncoder(nn.Module):
 
 
 class SegRetZeroInitConv(nn.Conv2d):
-    """1×1 convolution whose weight and bias start at zero (SegRet's ZIR branch)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, kernel_size=1)
+    """Convolution whose weight and bias start at zero (SegRet's ZIR branch, 1×1). It keeps `nn.Conv2d`'s
+    constructor: PEFT's LoRA builds its low-rank factors as `type(layer)(in_channels, rank, kernel_size, ...)`."""
 
 
 def runs_as_plain_layer(module: nn.Module, layer_type: type[nn.Module]) -> bool:
@@ -489,7 +487,7 @@ class SegRetDecodeHead(nn.Module):
         hidden_size = config.decoder_hidden_size
         # Per-pixel linear maps, written as 1×1 convolutions so the maps stay channels-first.
         self.linear_projections = nn.ModuleList(nn.Conv2d(dim, hidden_size, 1) for dim in config.embed_dims)
-        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size) for dim in config.embed_dims)
+        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size, 1) for dim in config.embed_dims)
         self.fuse = nn.Conv2d(hidden_size * config.num_stages, hidden_size, 1, bias=False)
         self.batch_norm = nn.BatchNorm2d(hidden_size)
         self.activation = nn.ReLU(inplace=True)  # its input is always a fresh tensor of the decoder
