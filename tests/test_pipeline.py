@@ -283,9 +283,8 @@ def test_batched_pipeline_as_remote_code(model, tmp_path):
     # The package is imported here: the same call builds the same class.
     segmenter = pipeline("image-segmentation", model=str(folder), trust_remote_code=True)
     assert type(segmenter).__name__ == "SegRetImageSegmentationPipeline"
-    assert segmenter.model.config.custom_pipelines == json.loads((folder / "config.json").read_text())[
-        "custom_pipelines"
-    ]
+    saved = json.loads((folder / "config.json").read_text())
+    assert segmenter.model.config.custom_pipelines == saved["custom_pipelines"]
     images = random_images()
     batched = [class_map(segments, model.config.label2id).tolist() for segments in segmenter(images, batch_size=3)]
     assert batched == report["batched"]
