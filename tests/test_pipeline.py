@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_in_fresh_process, small_config
 from PIL import Image
 from transformers import pipeline
@@ -122,6 +123,30 @@ def test_batched_pipeline_equals_one_by_one_calls(model):
         assert all(a["mask"].tobytes() == b["mask"].tobytes() for a, b in zip(ours, theirs, strict=True))
     with pytest.raises(ValueError, match="Subtask panoptic is not supported"):
         segret_pipeline(images[0], subtask="panoptic")
+
+
+def test_post_processing_is_mmseg_two_step_resize(model):
+    """Post-processing resizes the model's logits as MMSegmentation does (`predict_by_feat` to the resized image,
+    `postprocess_result` to the original size, both `F.interpolate` bilinear without corner alignment): the scores
+    bit for bit, the class map their argmax, the pipeline's masks that class map."""
+    processor = SegRetImageProcessor(size=KEEP_RATIO)
+    segret_pipeline = pipeline(
+        "image-segmentation", model=model, image_processor=processor, pipeline_class=SegRetImageSegmentationPipeline
+    )
+    for image in random_images():
+        inputs = processor(image, return_tensors="pt")
+        with torch.inference_mode():
+            outputs = model(**inputs)
+        original_size = (image.height, image.width)
+        resized = F.interpolate(outputs.logits, inputs["pixel_values"].shape[-2:], mode="bilinear", align_corners=False)
+        expected = F.interpolate(resized, original_size, mode="bilinear", align_corners=False)[0]
+        (result,) = processor.post_process_semantic_segmentation(
+            outputs, target_sizes=[original_size], return_segmentation_scores=True
+        )
+        assert torch.equal(result["segmentation_scores"], expected)
+        (class_map_,) = processor.post_process_semantic_segmentation(outputs, target_sizes=[original_size])
+        assert torch.equal(class_map_, expected.argmax(0)) and torch.equal(result["segmentation"], class_map_)
+        np.testing.assert_array_equal(class_map(segret_pipeline(image), model.config.label2id), class_map_.numpy())
 
 
 def test_padded_batch_through_transformers_pipeline(model):

@@ -90,7 +90,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--no_test_resize",
         action="store_true",
-        help="no test resize: ss at the original size, ms ratios of the image size (mmseg 1.x)",
+        help="no test resize: ss at the original size, ms ratios of the image size as mmseg 1.x's test-time "
+        "augmentation (its Resize(scale_factor=ratio) rounding, flips undone before the resize to the label size)",
     )
     group.add_argument("--crop_size", type=int, nargs=2, metavar=("H", "W"), default=None, help="sliding window")
     group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="sliding window")
