@@ -210,7 +210,7 @@ def predict_multi_scale(
     For each ratio the image is resized keep-ratio (see module docstring), predicted with ``mode`` ("whole" or
     "slide"), resized to ``output_size``, soft-maxed and added to one running sum. A flipped pass is flipped back
     after the resize to ``output_size`` with a ``test_scale`` (MMSegmentation 0.x's ``inference``) and before it
-    without one (1.x's ``postprocess_result``): the orders differ by the resize's rounding (~1e-3 on logits of ~±30).
+    without one (1.x's ``postprocess_result``); the two orders differ by the resize's rounding (~1e-3).
     """
     height, width = pixel_values.shape[-2:]
     output_size = (height, width) if output_size is None else (int(output_size[0]), int(output_size[1]))
