@@ -12,9 +12,10 @@ scale) and runs a batch as one model call per resized size, so a batched call eq
 that of transformers' class: one mask per class present.
 
 Hub repositories name this class in `config.json`'s `custom_pipelines`, so `pipeline("image-segmentation", model=repo,
-trust_remote_code=True)` builds it. With the installed package, pass it as
-`pipeline("image-segmentation", model=..., pipeline_class=SegRetImageSegmentationPipeline)`. This file is copied flat
-into Hub repositories as remote code: it imports only the standard library, NumPy, torch, Pillow and transformers.
+trust_remote_code=True)` builds it, whether or not this package is imported (docs/pipeline.md). For a model object,
+pass it as `pipeline("image-segmentation", model=model, pipeline_class=SegRetImageSegmentationPipeline)`. This file is
+copied flat into Hub repositories as remote code: it imports only the standard library, NumPy, torch, Pillow and
+transformers.
 """
 
 import base64
