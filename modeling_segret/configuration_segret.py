@@ -130,10 +130,10 @@ REMOTE_CODE_PIPELINES = {
         "type": "image",
     }
 }
-# transformers refuses to build any pipeline for a config that names a custom one unless trust_remote_code=True. Only
-# the remote-code copy of this class (a module under `transformers_modules`) therefore keeps `custom_pipelines`:
-# through the installed package, `pipeline("image-segmentation", model=folder)` keeps working without the flag.
-_LOADED_AS_REMOTE_CODE = __name__.startswith("transformers_modules.")
+# A loaded config keeps `custom_pipelines` whether this class is the installed package's or the folder's remote-code
+# copy, so a folder's pipeline does not depend on what happens to be imported: with `trust_remote_code=True`
+# transformers builds SegRet's class, without it transformers refuses (its rule for any folder naming a custom
+# pipeline) instead of building its own class. docs/pipeline.md lists every call path.
 
 
 class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -230,7 +230,7 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
         self.validate_architecture()
         if self._auto_class is not None and getattr(self, "auto_map", None) is None:
             self.auto_map = dict(REMOTE_CODE_AUTO_MAP)
-        if custom_pipelines and _LOADED_AS_REMOTE_CODE:
+        if custom_pipelines:
             self.custom_pipelines = custom_pipelines
 
     def _remote_code_files(self) -> list[Path]:

@@ -83,6 +83,22 @@ def _resize_plane(plane: np.ndarray, output_size: tuple[int, int], resample: PIL
     return np.asarray(resized).astype(plane.dtype, copy=False)
 
 
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W) label map to `size` = (h, w), equal to OpenCV's `cv2.resize`
+    `INTER_NEAREST`, with which mmcv resizes segmentation maps: the rule of training's augmentation
+    (`training/transforms.py`) and of this processor's `segmentation_maps`.
+
+    Source index `floor(dst * (1 / (out / in)))` in double precision, as OpenCV computes it (not `dst * in / out`,
+    which picks a neighbouring pixel on some size pairs, nor Pillow's `floor((dst + 0.5) * in / out)`).
+    """
+    h, w = int(size[0]), int(size[1])
+    if label.shape[:2] == (h, w):
+        return label
+    rows = np.minimum(np.floor(np.arange(h) * (1.0 / (h / label.shape[0]))).astype(np.int64), label.shape[0] - 1)
+    cols = np.minimum(np.floor(np.arange(w) * (1.0 / (w / label.shape[1]))).astype(np.int64), label.shape[1] - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
 def resize_bilinear(images: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
     """
     SegRet's one bilinear resize, shared by the image processor and `inference_segret` (so `pipeline(...)` and
@@ -208,7 +224,8 @@ class SegRetImageProcessor(ImageProcessorBase):
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
             Filter for images. `BILINEAR` is the evaluation path's resize ([`resize_bilinear`]: PyTorch's bilinear
             interpolation of the normalised float image, `align_corners=False`, no antialiasing, as
-            `training/evaluation.py`); other filters use Pillow. Segmentation maps always use Pillow's `NEAREST`.
+            `training/evaluation.py`); `NEAREST` is OpenCV's rule ([`resize_label`]); other filters use Pillow.
+            Segmentation maps always use OpenCV's nearest-neighbour rule, as training's augmentation does.
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1 / 255`):
@@ -459,7 +476,8 @@ class SegRetImageProcessor(ImageProcessorBase):
                 if do_reduce_labels:
                     label_map = self.reduce_label(label_map)
                 if do_resize:
-                    # Nearest neighbour: interpolating class indices would invent classes along boundaries.
+                    # Nearest neighbour (OpenCV's rule, as training's augmentation): interpolating class indices
+                    # would invent classes along boundaries.
                     label_map = self.resize(label_map[None], size=size, resample=PILImageResampling.NEAREST)[0]
                 labels.append(label_map)
             data["labels"] = labels
@@ -499,14 +517,17 @@ class SegRetImageProcessor(ImageProcessorBase):
         """
         Resizes a channels-first (C, H, W) array to `size` (see the class docstring). Float arrays with the default
         `BILINEAR` filter go through [`resize_bilinear`] (PyTorch's bilinear interpolation without antialiasing, the
-        resize of the evaluation path; a NumPy version of the same formula where torch is not installed). Other
-        filters and integer arrays (segmentation maps, with `NEAREST`) are resized one channel at a time by Pillow.
+        resize of the evaluation path; a NumPy version of the same formula where torch is not installed). `NEAREST`
+        (segmentation maps) takes OpenCV's rule, [`resize_label`], as training does. Other filters and integer
+        arrays are resized one channel at a time by Pillow.
         """
         resample = PILImageResampling.BILINEAR if resample is None else resample
         height, width = image.shape[-2:]
         output_size = self.resized_size(height, width, size)
         if output_size == (height, width):
             return image
+        if resample == PILImageResampling.NEAREST:
+            return np.stack([resize_label(plane, output_size) for plane in image])
         if resample == PILImageResampling.BILINEAR and image.dtype.kind == "f":
             image = np.ascontiguousarray(image, dtype=np.float32)
             if is_torch_available():
@@ -863,4 +884,4 @@ def pil_image_to_rgb(image: Image.Image) -> np.ndarray:
         raise ValueError(f"has PIL mode {image.mode!r}, which cannot be converted to RGB.") from error
 
 
-__all__ = ["SegRetImageProcessor", "get_keep_ratio_output_size", "scale_keeping_ratio"]
+__all__ = ["SegRetImageProcessor", "get_keep_ratio_output_size", "resize_label", "scale_keeping_ratio"]

@@ -9,8 +9,10 @@ MMSegmentation's ``EncoderDecoder``:
 * sliding window: a crop grid with the last window shifted back inside the image, logits summed on a canvas and
   divided by the number of windows covering each pixel (softmax only after averaging);
 * multi-scale + flip: the image is resized keep-ratio to ``ratio * test_scale`` (MMSegmentation 0.x /
-  Mask2Former scales) or, without a test scale, to ``ratio * its own size`` (MMSegmentation 1.x); each pass
-  (flipped passes are flipped back) is resized to the output size and the softmax probabilities are averaged.
+  Mask2Former scales) or, without a test scale, by ``ratio`` as MMSegmentation 1.x's ``Resize(scale_factor=ratio,
+  keep_ratio=True)`` rounds it (:func:`rescale_by_factor`); each pass is resized to the output size, flipped passes
+  are flipped back (after that resize in 0.x, before it in 1.x, as each version does), and the softmax
+  probabilities are averaged.
 
 All functions take normalised images as a float tensor (B, 3, H, W); resizing happens here, in float, so callers
 pass the image at its original resolution. This file is copied flat to the Hub as remote code: besides torch and the
@@ -55,6 +57,17 @@ def rescale_size(height: int, width: int, scale: float | Sequence[float]) -> Siz
     if not isinstance(scale, (int, float)) and min(scale) > 0:
         return get_keep_ratio_output_size(height, width, shortest_edge=min(scale), longest_edge=max(scale))
     raise ValueError(f"scale must be positive, got {scale!r}")
+
+
+def rescale_by_factor(height: int, width: int, ratio: float) -> Size:
+    """Size (h, w) that MMSegmentation 1.x's test-time ``Resize(scale_factor=ratio, keep_ratio=True)`` gives an image.
+
+    mmcv rounds twice: the image size times ``ratio`` (``int(side * ratio + 0.5)``) becomes a pair of keep-ratio
+    bounds, and the image is rescaled within them (:func:`rescale_size`), so a side can end one pixel off
+    ``round(side * ratio)`` (e.g. 207 x 436 at 0.75: 155 x 326, not 155 x 327; about one size in ten).
+    """
+    bounds = scale_keeping_ratio(height, width, ratio)
+    return get_keep_ratio_output_size(height, width, shortest_edge=min(bounds), longest_edge=max(bounds))
 
 
 def resize(x: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
@@ -172,8 +185,8 @@ def _predict(
 
 
 def _scaled_size(height: int, width: int, ratio: float, test_scale: Sequence[int] | None) -> Size:
-    if test_scale is None:
-        return rescale_size(height, width, float(ratio))
+    if test_scale is None:  # MMSegmentation 1.x: `Resize(scale_factor=ratio, keep_ratio=True)`
+        return rescale_by_factor(height, width, float(ratio))
     # MMSegmentation 0.x MultiScaleFlipAug: the scale bounds themselves are multiplied (and truncated) first.
     return rescale_size(height, width, (int(test_scale[0] * ratio), int(test_scale[1] * ratio)))
 
@@ -195,7 +208,9 @@ def predict_multi_scale(
 
     ``pixel_values`` is the normalised image at its original resolution; ``output_size`` defaults to it.
     For each ratio the image is resized keep-ratio (see module docstring), predicted with ``mode`` ("whole" or
-    "slide"), resized to ``output_size``, soft-maxed and added to one running sum.
+    "slide"), resized to ``output_size``, soft-maxed and added to one running sum. A flipped pass is flipped back
+    after the resize to ``output_size`` with a ``test_scale`` (MMSegmentation 0.x's ``inference``) and before it
+    without one (1.x's ``postprocess_result``); the two orders differ by the resize's rounding (~1e-3).
     """
     height, width = pixel_values.shape[-2:]
     output_size = (height, width) if output_size is None else (int(output_size[0]), int(output_size[1]))
@@ -206,10 +221,13 @@ def predict_multi_scale(
     for ratio in scales:
         scaled = resize(pixel_values, _scaled_size(height, width, ratio, test_scale))
         for flipped in (False, True) if flip else (False,):
-            inputs = scaled.flip(-1) if flipped else scaled
-            logits = _predict(model, inputs, mode, crop_size, stride, output_size, batch_size)
-            if flipped:
-                logits = logits.flip(-1)
+            if not flipped:
+                logits = _predict(model, scaled, mode, crop_size, stride, output_size, batch_size)
+            elif test_scale is not None:  # 0.x: resized to the output size, then flipped back
+                logits = _predict(model, scaled.flip(-1), mode, crop_size, stride, output_size, batch_size).flip(-1)
+            else:  # 1.x: flipped back at the scaled image's size, then resized to the output size
+                logits = _predict(model, scaled.flip(-1), mode, crop_size, stride, None, batch_size).flip(-1)
+                logits = resize(logits, output_size)
             scores = logits.softmax(dim=1)
             del logits
             probs = scores if probs is None else probs.add_(scores)

@@ -419,10 +419,20 @@ class SegRetEncoder(nn.Module):
 
 
 class SegRetZeroInitConv(nn.Conv2d):
-    """1×1 convolution whose weight and bias start at zero (SegRet's ZIR branch)."""
+    """Convolution whose weight and bias start at zero (SegRet's ZIR branch, 1×1). It keeps `nn.Conv2d`'s
+    constructor: PEFT's LoRA builds its low-rank factors as `type(layer)(in_channels, rank, kernel_size, ...)`."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, kernel_size=1)
+
+def runs_as_plain_layer(module: nn.Module, layer_type: type[nn.Module]) -> bool:
+    """Whether `module` is exactly a `layer_type` that computes nothing beyond it: not wrapped (a PEFT adapter
+    replaces the layer by a module holding it), no forward or backward hook, no instance-level `forward` (as
+    Accelerate's offloading hooks install). Only then can its weights stand in for calling it."""
+    return (
+        type(module) is layer_type
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (module._backward_hooks or module._backward_pre_hooks)
+        and "forward" not in vars(module)
+    )
 
 
 class SegRetDecodeHead(nn.Module):
@@ -441,7 +451,13 @@ class SegRetDecodeHead(nn.Module):
     normalises with batch statistics (training) it runs on the folded sum, which is the same tensor as the fuse
     output. The folded weights are computed from the current parameters on every call (about 63M multiply-adds for
     C = 256), differentiably, so gradients reach every original parameter and a weight change is never served
-    stale. Set `fold = False` to run the layers as written (to count their FLOPs or hook them one by one).
+    stale.
+
+    Folding reads the layers' weights instead of calling them, so it only runs while every layer it replaces is a
+    plain layer (see `runs_as_plain_layer`). A projection, residual or fuse convolution wrapped by an adapter (PEFT's
+    LoRA), hooked or with a replaced `forward` makes the decoder run as written, calling each layer; a wrapped
+    BatchNorm is called rather than folded. Set `fold = False` to run the layers as written in any case (to count
+    their FLOPs).
     """
 
     def __init__(self, config: SegRetConfig) -> None:
@@ -449,7 +465,7 @@ class SegRetDecodeHead(nn.Module):
         hidden_size = config.decoder_hidden_size
         # Per-pixel linear maps, written as 1×1 convolutions so the maps stay channels-first.
         self.linear_projections = nn.ModuleList(nn.Conv2d(dim, hidden_size, 1) for dim in config.embed_dims)
-        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size) for dim in config.embed_dims)
+        self.zero_init_residuals = nn.ModuleList(SegRetZeroInitConv(dim, hidden_size, 1) for dim in config.embed_dims)
         self.fuse = nn.Conv2d(hidden_size * config.num_stages, hidden_size, 1, bias=False)
         self.batch_norm = nn.BatchNorm2d(hidden_size)
         self.activation = nn.ReLU(inplace=True)  # its input is always a fresh tensor of the decoder
@@ -460,14 +476,25 @@ class SegRetDecodeHead(nn.Module):
     def forward(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, c_i, H/2^(i+1), W/2^(i+1)) for i = 1..4 -> logits (B, num_labels, H/4, W/4)."""
         batch_norm = self.batch_norm
-        uses_batch_statistics = batch_norm.training or batch_norm.running_mean is None
-        if not self.fold:
+        if not (self.fold and self.can_fold()):
             fused = batch_norm(self.fuse(self.concatenated_projections(stage_maps)))
-        elif uses_batch_statistics:
-            fused = batch_norm(self.folded_fuse(stage_maps, fold_batch_norm=False))
-        else:
+        elif (
+            runs_as_plain_layer(batch_norm, nn.BatchNorm2d)
+            and not batch_norm.training
+            and batch_norm.running_mean is not None
+        ):
             fused = self.folded_fuse(stage_maps, fold_batch_norm=True)
+        else:  # batch statistics (training), or a wrapped BatchNorm: it runs on the folded sum, the fuse output
+            fused = batch_norm(self.folded_fuse(stage_maps, fold_batch_norm=False))
         return self.classifier(self.dropout(self.activation(fused)))
+
+    def can_fold(self) -> bool:
+        """Whether every convolution that folding replaces is a plain layer, so reading its weights computes what
+        calling it would."""
+        return runs_as_plain_layer(self.fuse, nn.Conv2d) and all(
+            runs_as_plain_layer(projection, nn.Conv2d) and runs_as_plain_layer(residual, SegRetZeroInitConv)
+            for projection, residual in zip(self.linear_projections, self.zero_init_residuals)
+        )
 
     def concatenated_projections(self, stage_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The decoder as written up to the fuse convolution: [F̃4, F̃3, F̃2, F̃1] at stride 4, (B, 4C, H/4, W/4)."""

@@ -12,9 +12,10 @@ scale) and runs a batch as one model call per resized size, so a batched call eq
 that of transformers' class: one mask per class present.
 
 Hub repositories name this class in `config.json`'s `custom_pipelines`, so `pipeline("image-segmentation", model=repo,
-trust_remote_code=True)` builds it. With the installed package, pass it as
-`pipeline("image-segmentation", model=..., pipeline_class=SegRetImageSegmentationPipeline)`. This file is copied flat
-into Hub repositories as remote code: it imports only the standard library, NumPy, torch, Pillow and transformers.
+trust_remote_code=True)` builds it, whether or not this package is imported (docs/pipeline.md). For a model object,
+pass it as `pipeline("image-segmentation", model=model, pipeline_class=SegRetImageSegmentationPipeline)`. This file is
+copied flat into Hub repositories as remote code: it imports only the standard library, NumPy, torch, Pillow and
+transformers.
 """
 
 import base64
@@ -62,6 +63,13 @@ class SegRetImageSegmentationPipeline(ImageSegmentationPipeline):
     to the rounding of batched matrix products; the masks match one-by-one calls.
     """
 
+    # The image processor is the one component. transformers would otherwise also try to load a tokenizer and a
+    # video processor from the folder; its video-processor probe (5.24, not 4.57 or 5.1) takes the processor's
+    # `auto_map` for a video processor's and asks on standard input whether to run it when `trust_remote_code` is
+    # unset.
+    _load_tokenizer = False
+    _load_video_processor = False
+
     def preprocess(self, image: Any, subtask: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         displayed = open_image(image, timeout=timeout)
         # The segmentation is returned at the displayed size: the stored size turned by the EXIF orientation tag.
@@ -103,7 +111,8 @@ class SegRetImageSegmentationPipeline(ImageSegmentationPipeline):
         class_map = self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)[0]
         # One mask per class present, as transformers' class returns them (ascending class index, score None). The
         # class map is compared in its smallest integer type: several times faster than int64 comparisons for a
-        # large photo with many classes present.
+        # large photo with many classes present. Each mask is a 2-D uint8 array, which Pillow opens as mode "L" (its
+        # `mode=` argument is deprecated since Pillow 11.3).
         num_labels = logits.shape[1]
         class_map = class_map.numpy().astype(np.uint8 if num_labels <= 256 else np.int32)
         present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=num_labels))
@@ -111,7 +120,7 @@ class SegRetImageSegmentationPipeline(ImageSegmentationPipeline):
             {
                 "score": None,
                 "label": self.model.config.id2label[int(label)],
-                "mask": Image.fromarray(np.equal(class_map, label).view(np.uint8) * np.uint8(255), mode="L"),
+                "mask": Image.fromarray(np.equal(class_map, label).view(np.uint8) * np.uint8(255)),
             }
             for label in present
         ]

@@ -306,11 +306,37 @@ def test_labels_are_resized_with_nearest_neighbour():
         inputs = processor(random_rgb(37, 53), segmentation_maps=label_map, return_tensors="pt")
         assert inputs["labels"].shape[-2:] == inputs["pixel_values"].shape[-2:]
         assert set(inputs["labels"].unique().tolist()) <= {0, 7, 200}
-    # Nearest neighbour, Pillow convention: output pixel i samples input pixel floor((i + 0.5) * in / out).
+    # Nearest neighbour, OpenCV's convention (training's): output pixel i samples input pixel floor(i * in / out),
+    # where Pillow would take floor((i + 0.5) * in / out), rows [1, 3, 5] and columns [1, 3] here.
     labels = SegRetImageProcessor(size={"height": 3, "width": 2})(
         random_rgb(6, 4), segmentation_maps=np.arange(24).reshape(6, 4), return_tensors="np"
     )["labels"][0]
-    np.testing.assert_array_equal(labels, np.arange(24).reshape(6, 4)[[1, 3, 5]][:, [1, 3]])
+    np.testing.assert_array_equal(labels, np.arange(24).reshape(6, 4)[[0, 2, 4]][:, [0, 2]])
+
+
+@pytest.mark.parametrize(
+    ("label_size", "size"),
+    [
+        ((37, 53), {"height": 61, "width": 29}),
+        ((97, 45), {"height": 64, "width": 64}),
+        ((480, 640), {"shortest_edge": 512, "longest_edge": 2048}),
+        ((375, 500), {"shortest_edge": 512, "longest_edge": 2048}),
+        ((1024, 2048), {"shortest_edge": 512, "longest_edge": 1024}),
+        ((683, 1024), {"shortest_edge": 300}),
+    ],
+)
+def test_label_resize_equals_opencv_inter_nearest(label_size, size):
+    """`segmentation_maps` resize like training's labels: OpenCV's `INTER_NEAREST` (mmcv's cv2 backend), which
+    Pillow's nearest rule is not (on pixel-random labels most pixels differ for some sizes)."""
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is a test dependency (pip install -e .[test])")
+    label_map = np.random.default_rng(3).integers(0, 256, label_size, dtype=np.uint8)
+    processor = SegRetImageProcessor(size=size)
+    labels = processor(random_rgb(*label_size), segmentation_maps=label_map, return_tensors="np")["labels"][0]
+    height, width = processor.resized_size(*label_size)
+    expected = cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(labels, expected)
+    pillow = np.asarray(Image.fromarray(label_map).resize((width, height), Image.Resampling.NEAREST))
+    assert (pillow != expected).mean() > 0.2  # the rule this replaces
 
 
 # --- post-processing -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from modeling_segret.inference_segret import (
     predict_multi_scale,
     predict_sliding_window,
     predict_whole,
+    rescale_by_factor,
     rescale_size,
     segment,
     sliding_windows,
@@ -109,6 +110,81 @@ def test_multi_scale_sizes_follow_test_scale():
     model.seen.clear()
     predict_multi_scale(model, x, scales=(0.5, 1.5), flip=False)  # no test scale: ratio x own size (mmseg 1.x)
     assert [s[-2:] for s in model.seen] == [(24, 32), (72, 96)]
+
+
+# (height, width, ratio, size) given by mmcv 2.2.0's `Resize(scale_factor=ratio, keep_ratio=True)`, MMSegmentation
+# 1.x's test-time resize (computed with mmcv itself). The first eight are one pixel off the one-step
+# `int(side * ratio + 0.5)`: (155, 327), (362, 763), (313, 1606), (209, 974), (229, 173), (534, 404), (403, 421),
+# (191, 383); about one size in ten of random 200-1600 x 200-2100 images at the six ratios is.
+MMCV_SCALE_FACTOR_SIZES = [
+    (207, 436, 0.75, (155, 326)),
+    (207, 436, 1.75, (362, 762)),
+    (250, 1285, 1.25, (312, 1606)),
+    (278, 1299, 0.75, (208, 974)),
+    (305, 231, 0.75, (228, 173)),
+    (305, 231, 1.75, (533, 404)),
+    (322, 337, 1.25, (402, 421)),
+    (255, 510, 0.75, (191, 382)),
+    (512, 683, 0.75, (384, 512)),
+    (512, 683, 1.25, (640, 854)),
+    (683, 1024, 1.75, (1195, 1792)),
+    (375, 500, 0.5, (188, 250)),
+    (1024, 2048, 0.75, (768, 1536)),
+    (480, 640, 1.5, (720, 960)),
+    (97, 45, 1.75, (170, 79)),
+    (427, 640, 1.25, (534, 800)),
+]
+
+
+@pytest.mark.parametrize(("height", "width", "ratio", "expected"), MMCV_SCALE_FACTOR_SIZES)
+def test_scale_factor_size_equals_mmcv(height, width, ratio, expected):
+    assert rescale_by_factor(height, width, ratio) == expected
+
+
+def test_multi_scale_without_test_scale_resizes_like_mmseg_1x():
+    model = PixelLinear()
+    predict_multi_scale(model, torch.randn(1, 3, 207, 436), scales=(0.75, 1.75), flip=False)
+    assert [shape[-2:] for shape in model.seen] == [(155, 326), (362, 762)]
+
+
+def mmseg_flip_pass(model, scaled, output_size, version):
+    """A flipped pass as MMSegmentation computes it: logits resized to the scaled image, flipped back and resized to
+    the output size (1.x, `postprocess_result`), or resized to the output size and then flipped back (0.x,
+    `inference`); `resize` is F.interpolate in both."""
+    logits = F.interpolate(model(scaled.flip(-1)).logits, scaled.shape[-2:], mode="bilinear", align_corners=False)
+    if version == "1.x":
+        return F.interpolate(logits.flip(-1), output_size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, output_size, mode="bilinear", align_corners=False).flip(-1)
+
+
+@pytest.mark.parametrize("version", ["0.x", "1.x"])
+def test_multi_scale_flip_equals_mmseg(version):
+    """Multi-scale + flip equals MMSegmentation's computation bit for bit: 0.x with a test scale, 1.x without."""
+    model = PixelLinear(stride=4, ramp=3.0)
+    x = torch.randn(1, 3, 37, 53)
+    test_scale = (120, 45) if version == "0.x" else None
+    probs = predict_multi_scale(model, x, scales=(0.75, 1.25), flip=True, test_scale=test_scale, output_size=(37, 53))
+    expected = None
+    orders_differ = False
+    for ratio in (0.75, 1.25):
+        if test_scale is None:
+            size = rescale_by_factor(37, 53, ratio)
+        else:  # 0.x: the bounds are scaled and truncated
+            size = rescale_size(37, 53, tuple(int(side * ratio) for side in test_scale))
+        scaled = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        plain = F.interpolate(
+            F.interpolate(model(scaled).logits, size, mode="bilinear", align_corners=False),
+            (37, 53),
+            mode="bilinear",
+            align_corners=False,
+        )
+        flipped = mmseg_flip_pass(model, scaled, (37, 53), version)
+        other = mmseg_flip_pass(model, scaled, (37, 53), "0.x" if version == "1.x" else "1.x")
+        orders_differ |= not torch.equal(flipped, other)
+        for logits in (plain, flipped):
+            expected = logits.softmax(1) if expected is None else expected + logits.softmax(1)
+    assert orders_differ  # the test tells the two orders apart
+    assert torch.equal(probs, expected / 4)
 
 
 def test_single_pass_multi_scale_is_softmax_of_whole():

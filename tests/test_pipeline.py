@@ -5,11 +5,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_in_fresh_process, small_config
 from PIL import Image
 from transformers import pipeline
@@ -123,6 +125,30 @@ def test_batched_pipeline_equals_one_by_one_calls(model):
         segret_pipeline(images[0], subtask="panoptic")
 
 
+def test_post_processing_is_mmseg_two_step_resize(model):
+    """Post-processing resizes the model's logits as MMSegmentation does (`predict_by_feat` to the resized image,
+    `postprocess_result` to the original size, both `F.interpolate` bilinear without corner alignment): the scores
+    bit for bit, the class map their argmax, the pipeline's masks that class map."""
+    processor = SegRetImageProcessor(size=KEEP_RATIO)
+    segret_pipeline = pipeline(
+        "image-segmentation", model=model, image_processor=processor, pipeline_class=SegRetImageSegmentationPipeline
+    )
+    for image in random_images():
+        inputs = processor(image, return_tensors="pt")
+        with torch.inference_mode():
+            outputs = model(**inputs)
+        original_size = (image.height, image.width)
+        resized = F.interpolate(outputs.logits, inputs["pixel_values"].shape[-2:], mode="bilinear", align_corners=False)
+        expected = F.interpolate(resized, original_size, mode="bilinear", align_corners=False)[0]
+        (result,) = processor.post_process_semantic_segmentation(
+            outputs, target_sizes=[original_size], return_segmentation_scores=True
+        )
+        assert torch.equal(result["segmentation_scores"], expected)
+        (class_map_,) = processor.post_process_semantic_segmentation(outputs, target_sizes=[original_size])
+        assert torch.equal(class_map_, expected.argmax(0)) and torch.equal(result["segmentation"], class_map_)
+        np.testing.assert_array_equal(class_map(segret_pipeline(image), model.config.label2id), class_map_.numpy())
+
+
 def test_padded_batch_through_transformers_pipeline(model):
     """transformers' own pipeline class concatenates the pixel values of a batch: a mix of sizes needs one padded
     size, `do_pad=True` with a `pad_size` that holds every resized image; the masks then equal one-by-one calls."""
@@ -176,6 +202,45 @@ def test_pipeline_reads_16_bit_and_exif_photos_as_the_processor_does(model, tmp_
     assert segments[0]["mask"].size == (30, 70)  # PIL: (width, height) as displayed
 
 
+def test_pipeline_path_warns_nothing(model, tmp_path):
+    """Deprecation warnings are errors on the whole pipeline path (construction, pre-processing of every image kind,
+    the model, post-processing, masks; SegRet's class and transformers' own), and so is any warning raised in
+    SegRet's modules. E.g. Pillow 11.3 deprecated `Image.fromarray(..., mode=...)`, which the masks no longer pass."""
+    rng = np.random.default_rng(2)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 70, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    Image.fromarray(rng.integers(0, 65536, (40, 60), dtype=np.uint16)).save(tmp_path / "depth.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).convert("P").save(tmp_path / "palette.gif")
+    images = [
+        *random_images()[:2],
+        Image.fromarray(rng.integers(0, 256, (25, 35, 4), dtype=np.uint8)),  # RGBA
+        Image.open(tmp_path / "phone.jpg"),
+        Image.open(tmp_path / "depth.png"),
+        Image.open(tmp_path / "palette.gif"),
+        str(tmp_path / "depth.png"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", PendingDeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        warnings.filterwarnings("error", module=r"modeling_segret\b")
+        processor = SegRetImageProcessor(size=KEEP_RATIO)
+        segret_pipeline = pipeline(
+            "image-segmentation",
+            model=model,
+            image_processor=processor,
+            pipeline_class=SegRetImageSegmentationPipeline,
+        )
+        transformers_pipeline = pipeline("image-segmentation", model=model, image_processor=processor)
+        for image in images:
+            assert segret_pipeline(image)
+            if not isinstance(image, str):
+                assert transformers_pipeline(image)
+        assert len(segret_pipeline(images, batch_size=3)) == len(images)
+
+
 def test_pipeline_image_errors(tmp_path):
     with pytest.raises(ValueError, match="neither an existing file, an http"):
         open_image(str(tmp_path / "no-such-photo.jpg"))
@@ -225,8 +290,8 @@ REMOTE_BATCHED_PIPELINE = textwrap.dedent(
 
 def test_batched_pipeline_as_remote_code(model, tmp_path):
     """A saved folder names SegRet's pipeline class in config.json: with trust_remote_code=True transformers'
-    `pipeline` builds it (batches of any sizes, 16-bit images on the processor's scale); through the installed package
-    without the flag, transformers' own class runs as before."""
+    `pipeline` builds it (batches of any sizes, 16-bit images on the processor's scale), whether or not the package is
+    imported; without the flag transformers refuses, package or not (tests/test_loading_paths.py: every path)."""
     folder = tmp_path / "segret-remote"
     model.save_pretrained(folder)
     SegRetImageProcessor(size=KEEP_RATIO).save_pretrained(folder)
@@ -240,10 +305,16 @@ def test_batched_pipeline_as_remote_code(model, tmp_path):
     assert report["batched"] == report["one_by_one"]
     assert report["16_bit_pixels"] == report["16_bit_processor"]
 
-    segmenter = pipeline("image-segmentation", model=str(folder))  # the package is imported here: no flag needed
-    assert type(segmenter).__name__ == "ImageSegmentationPipeline"
-    assert not hasattr(segmenter.model.config, "custom_pipelines")
-    assert class_map(segmenter(random_images()[0]), model.config.label2id).shape == IMAGE_SIZES[0]
+    # The package is imported here: the same call builds the same class.
+    segmenter = pipeline("image-segmentation", model=str(folder), trust_remote_code=True)
+    assert type(segmenter).__name__ == "SegRetImageSegmentationPipeline"
+    saved = json.loads((folder / "config.json").read_text())
+    assert segmenter.model.config.custom_pipelines == saved["custom_pipelines"]
+    images = random_images()
+    batched = [class_map(segments, model.config.label2id).tolist() for segments in segmenter(images, batch_size=3)]
+    assert batched == report["batched"]
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("image-segmentation", model=str(folder))
 
 
 @pytest.mark.slow

@@ -84,7 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--no_test_resize",
         action="store_true",
-        help="no test resize: ss at the original size, ms ratios of the image size (mmseg 1.x)",
+        help="no test resize: ss at the original size, ms ratios of the image size as mmseg 1.x's test-time "
+        "augmentation (its Resize(scale_factor=ratio) rounding, flips undone before the resize to the label size)",
     )
     # The sliding window of slide mode (default: the dataset's for the model's variant, e.g. 512 and 341 on ADE20K).
     group.add_argument("--slide_crop_size", type=int, nargs=2, metavar=("H", "W"), help="slide mode: window size")

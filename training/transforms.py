@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The label resize (OpenCV's INTER_NEAREST rule) is the image processor's, so `segmentation_maps` resize alike.
+from modeling_segret.image_processing_segret import resize_label
 from modeling_segret.inference_segret import rescale_size
 from training.presets import IGNORE_INDEX
 
@@ -85,20 +87,6 @@ def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     b0, b1 = b0.reshape(h, *[1] * (image.ndim - 1)), b1.reshape(h, *[1] * (image.ndim - 1))
     out = (((rows[y0] * b0) >> 16) + ((rows[y1] * b1) >> 16) + 2) >> 2
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def resize_label(label: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) label map, equal to ``cv2.resize`` ``INTER_NEAREST``.
-
-    Source index ``floor(dst * (1 / (out / in)))`` in double precision, as OpenCV computes it (not ``dst * in/out``,
-    which picks a neighbouring pixel on some size pairs).
-    """
-    h, w = int(size[0]), int(size[1])
-    if label.shape[:2] == (h, w):
-        return label
-    rows = np.minimum(np.floor(np.arange(h) * (1.0 / (h / label.shape[0]))).astype(np.int64), label.shape[0] - 1)
-    cols = np.minimum(np.floor(np.arange(w) * (1.0 / (w / label.shape[1]))).astype(np.int64), label.shape[1] - 1)
-    return label[rows[:, None], cols[None, :]]
 
 
 def random_resize(
