@@ -14,9 +14,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segret_mean_iou.segret_mean_iou import SegretMeanIoU  # noqa: E402
 from tests.metric_samples import make_samples  # noqa: E402
 from training.data import ShardSampler  # noqa: E402
-from segret_mean_iou.segret_mean_iou import SegretMeanIoU  # noqa: E402
 from training.metrics import SegmentationMetric  # noqa: E402
 
 IGNORED_MAP = (torch.tensor([[9, 11]]), torch.tensor([[255, 255]]))  # predictions 9 and 11 where nothing is scored
