@@ -15,7 +15,14 @@ def score(prediction_png: str, reference_png: str, num_labels: float, ignore_ind
     prediction, reference = np.asarray(Image.open(prediction_png)), np.asarray(Image.open(reference_png))
     results = metric.compute(predictions=[prediction], references=[reference], num_labels=int(num_labels),
                              ignore_index=int(ignore_index), reduce_labels=reduce_labels)  # fmt: skip
-    return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in results.items()}
+    return {key: _without_nan(value) for key, value in results.items()}
+
+
+def _without_nan(value):
+    """JSON has no NaN (a class absent from both maps): null instead."""
+    if isinstance(value, np.ndarray):
+        return [_without_nan(item) for item in value.tolist()]
+    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 demo = gr.Interface(

@@ -3,6 +3,7 @@ the training metric, loadable from the repository and from a published copy, and
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -205,3 +206,19 @@ def test_trainer_compute_metrics(metric, tmp_path, batch_eval_metrics, preproces
     for index, name in model.config.id2label.items():
         assert scores[f"eval_iou_{name}"] == pytest.approx(expected["per_category_iou"][index], abs=0, nan_ok=True)
     assert 0 < scores["eval_mean_iou"] < 1 and "eval_loss" in scores
+
+
+def test_space_app_scores_png_maps(tmp_path, monkeypatch):
+    """The Space's page function: two PNG class maps (a palette PNG gives its indices) in, the module's results out."""
+    pytest.importorskip("gradio", reason='the Space app needs gradio: pip install -e ".[test]"')
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    app = runpy.run_path(str(MODULE_DIR / "app.py"))  # builds the page (not launched) and loads the module
+    Image.fromarray(CARD_PREDICTIONS[2].astype(np.uint8)).save(tmp_path / "prediction.png")
+    reference = Image.frombytes("P", (3, 3), CARD_REFERENCES[2].astype(np.uint8).tobytes())
+    reference.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] * 85 + [0, 0, 0])
+    reference.save(tmp_path / "reference.png")
+    results = app["score"](str(tmp_path / "prediction.png"), str(tmp_path / "reference.png"), 10, 255, False)
+    expected = reference_mean_iou(CARD_PREDICTIONS[2:], CARD_REFERENCES[2:], 10, 255)
+    assert results["mean_iou"] == expected["mean_iou"] and results["num_samples"] == 1
+    ious = np.array([np.nan if value is None else value for value in results["per_category_iou"]])  # JSON: null
+    np.testing.assert_array_equal(ious, expected["per_category_iou"])
