@@ -20,7 +20,9 @@ from PIL import Image
 from demo.app import Segmenter, class_palette
 from demo.space import SPACE_FILES, write_space
 from modeling_segret import SegRetForSemanticSegmentation, SegRetImageProcessor
+from training.presets import SYNTHETIC_CLASS_NAMES
 from training.publish import main as publish_main
+from training.synthetic import generate, make_scene
 
 CLASS_NAMES = ["sky", "tree", "road", "car", "person"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -102,6 +104,29 @@ def test_publish_writes_the_space_beside_the_model(model_folder, tmp_path, capsy
     space = tmp_path / "segret-demo-hub-space"
     assert json.loads((space / "demo.json").read_text()) == {"model": "test-org/segret-demo"}
     assert (output / "model.safetensors").is_file() and "wrote the demo Space" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_app_opens_the_demo_recipe_output(tmp_path):
+    """The README's demo recipe, shortened, then the app's model loading on its output folder: the folder that
+    `python demo/app.py outputs/demo` opens."""
+    repository = Path(__file__).resolve().parents[1]
+    data = generate(tmp_path / "synthetic", num_train=8, num_validation=2)
+    recipe = repository / "configuration" / "recipes" / "demo.yaml"
+    overrides = {"dataset_path": data, "output_dir": tmp_path / "demo", "max_steps": 2, "eval_steps": 1000,
+                 "save_steps": 1000, "num_overlays": 0, "report_to": "none", "per_device_train_batch_size": 2,
+                 "dataloader_num_workers": 0}  # fmt: skip
+    command = [sys.executable, str(repository / "training" / "train.py"), str(recipe), "--crop_size", "64", "64"]
+    command += [item for key, value in overrides.items() for item in (f"--{key}", str(value))]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    segmenter = Segmenter(str(tmp_path / "demo"))
+    assert segmenter.class_names == list(SYNTHETIC_CLASS_NAMES)
+    image, _ = make_scene(7)
+    overlay, legend, mask_path = segmenter(Image.fromarray(image))
+    assert overlay.size == (image.shape[1], image.shape[0])
+    assert np.asarray(Image.open(mask_path)).shape == image.shape[:2] and "%" in legend
 
 
 # --------------------------------------------------------------------------------------------- in a browser
