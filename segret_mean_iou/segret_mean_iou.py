@@ -220,7 +220,7 @@ class SegmentationMetric:
             raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
         k = self.num_labels
         if pred.numel():
-            pred_min, pred_max = pred.min().item(), pred.max().item()
+            pred_min, pred_max = (value.item() for value in torch.aminmax(pred))
             if pred_min < 0 or pred_max >= k:
                 raise ValueError(f"predictions must be in [0, {k}), got values in [{pred_min}, {pred_max}]")
         pred = pred.to(target.device).flatten()
@@ -333,7 +333,7 @@ class SegretMeanIoU(evaluate.Metric):
         if predictions is not None or references is not None:
             self.add_batch(predictions=predictions, references=references)
         counts, num_samples = self._counts, self._num_samples
-        self._counts, self._num_samples = None, 0
+        self._counts, self._num_samples = None, 0  # compute consumes the maps, also when it raises (as evaluate's)
         if counts is None:
             counts = torch.zeros((1, 1), dtype=torch.long)
         if all_reduce and _distributed():

@@ -123,6 +123,11 @@ def test_values_mean_iou_would_drop_raise(metric):
         metric.add(prediction=np.zeros((2, 3), np.int64), reference=np.zeros((3, 2), np.int64))
     with pytest.raises(ValueError, match="needs num_labels"):
         metric.compute(ignore_index=255)
+    # compute consumes the maps, also when it raises: the next one starts afresh.
+    metric.add(prediction=np.array([[1, 2]]), reference=np.array([[1, 200]]))
+    with pytest.raises(ValueError, match="outside"):
+        metric.compute(num_labels=150, ignore_index=255)
+    assert metric.compute(num_labels=150, ignore_index=255)["num_samples"] == 0
     # A prediction outside the classes where the label is ignored is fine (mean_iou's own example has them).
     results = metric.compute(predictions=[np.array([[255, 1]])], references=[np.array([[255, 1]])], num_labels=2,
                              ignore_index=255)  # fmt: skip
