@@ -16,6 +16,7 @@ import argparse
 import colorsys
 import html
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -139,7 +140,8 @@ def default_model() -> str | None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=default_model(), help="saved SegRet folder or Hub id")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: the whole network)")
+    # Defaults None: gradio's (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, which a Space sets, else 127.0.0.1:7860).
+    parser.add_argument("--host", default=None, help="address to serve on (0.0.0.0: the whole network)")
     parser.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free)")
     parser.add_argument("--no_browser", action="store_true", help="do not open a browser tab")
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
@@ -149,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if Path(args.model).exists() and not (Path(args.model) / "config.json").is_file():
         parser.error(f"{args.model} has no config.json: pass the folder that save_pretrained wrote")
     demo = build_demo(Segmenter(args.model))
-    demo.launch(server_name=args.host, server_port=args.port, inbrowser=not args.no_browser, share=args.share)
+    in_a_space = "SPACE_ID" in os.environ  # set on Hugging Face Spaces, where no browser is at hand
+    demo.launch(server_name=args.host, server_port=args.port, inbrowser=not (args.no_browser or in_a_space),
+                share=args.share)  # fmt: skip
 
 
 if __name__ == "__main__":
