@@ -1,6 +1,7 @@
 """The Gradio demo: its outputs, the Space folder it is written as (also by publish.py --space), and the page in a
 real headless Chromium driven by Playwright (slow; CI installs chromium and sets SEGRET_REQUIRE_BROWSER=1)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -164,6 +165,7 @@ def test_demo_in_a_browser(model_folder, tmp_path):
     which a photo uploaded in headless Chromium comes back as an overlay of its size, a legend and a mask file
     equal to the prediction."""
     _require(CHROMIUM.is_file(), f"no {CHROMIUM}: install it with `apt-get install -y chromium` (Debian)")
+    _require(importlib.util.find_spec("gradio") is not None, 'gradio is not installed: pip install -e ".[test]"')
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
