@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 
 from training.data import (
+    MIN_PAIRING_ROWS,
     SegmentationDataset,
     build_dataset,
+    check_pairing,
     collate_eval,
     collate_train,
     format_histogram,
@@ -20,6 +22,7 @@ from training.data import (
     worker_init_fn,
 )
 from training.presets import COCO_STUFF_UNUSED, DataError, get_preset
+from training.synthetic import make_scene
 from training.transforms import EvalTransform, TrainTransform
 
 
@@ -261,7 +264,8 @@ def test_max_samples_and_custom_transform(ade_parquet):
 
 
 # ------------------------------------------------------------------------------------------------ label check
-def test_verify_labels_histogram(ade_parquet, capsys):
+def test_verify_labels_histogram(ade_parquet, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the contact sheet's default folder
     root, maps = ade_parquet
     ds = build_dataset("ade20k", str(root), "validation")
     report = verify_labels(ds, 2)
@@ -272,7 +276,54 @@ def test_verify_labels_histogram(ade_parquet, capsys):
     assert report["train_id_histogram"][149] == report["raw_histogram"][150]
     assert "150 ->" in format_histogram(report, ds.preset) and "ignore" in format_histogram(report, ds.preset)
     assert main(["--dataset", "ade20k", "--dataset_path", str(root), "--verify_labels", "3"]) == 0
-    assert "raw label values over 3 rows" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "raw label values over 3 rows" in out
+    # Three rows cannot tell a shuffled pairing from a correct one: said, not failed.
+    assert "agreement over 3 of 3 rows: inconclusive" in out and "pass a larger N" in out
+    assert Image.open(tmp_path / "label_check_ade20k_validation.png").size == (3 * 262, 276)
+
+
+def _scenes_dataset(path, label_order):
+    """Synthetic scenes cut to one size (so a shuffled pairing passes the size check), labels in `label_order`."""
+    scenes = [make_scene(100 + index) for index in range(len(label_order))]
+    images = [image[:112, :128] for image, _ in scenes]
+    labels = [scenes[j][1][:112, :128] for j in label_order]
+    table = {"image": [{"bytes": _png(image), "path": None} for image in images],
+             "annotation": [{"bytes": _png(label), "path": None} for label in labels]}  # fmt: skip
+    ds = datasets.Dataset.from_dict(table, features=datasets.Features(IMAGE_FEATURES))
+    datasets.DatasetDict({"validation": ds}).save_to_disk(str(path))
+    return str(path)
+
+
+def test_pairing_check_flags_a_shuffled_copy(tmp_path, capsys):
+    """Valid label values in the wrong rows pass the value check but not the pairing check, which also names the
+    label each image belongs to; the correctly paired dataset passes both."""
+    rows = 10
+    correct = _scenes_dataset(tmp_path / "correct", list(range(rows)))
+    shuffled_order = [3, 7, 0, 9, 1, 4, 2, 8, 5, 6]  # no row keeps its own label
+    shuffled = _scenes_dataset(tmp_path / "shuffled", shuffled_order)
+    good = check_pairing(build_dataset("synthetic", correct), rows)
+    assert good["verdict"] == "consistent" and all(good["matched"])
+    assert min(good["own_fit"]) > 2 * max(good["other_fit"])
+    bad_dataset = build_dataset("synthetic", shuffled)
+    verify_labels(bad_dataset, rows)  # every value is a valid class: the value check cannot see it
+    bad = check_pairing(bad_dataset, rows)
+    assert bad["verdict"] == "mismatched" and sum(bad["matched"]) < rows / 2
+    # Image row i shows scene i, whose label sits in the row that holds shuffled_order.index(i).
+    assert bad["best_label_row"] == [shuffled_order.index(i) for i in range(rows)]
+
+    args = ["--dataset", "synthetic", "--verify_labels", str(rows), "--contact_sheet"]
+    assert main(["--dataset_path", correct, *args, str(tmp_path / "correct.png")]) == 0
+    assert f"agreement over {rows} of {rows} rows: consistent" in capsys.readouterr().out
+    assert main(["--dataset_path", shuffled, *args, str(tmp_path / "shuffled.png")]) == 1
+    captured = capsys.readouterr()
+    assert "mismatched" in captured.out and "0->2" in captured.out and "out of step" in captured.err
+    for name in ("correct", "shuffled"):
+        sheet = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))
+        assert sheet.shape == (3 * (256 + 20), 4 * 262, 3)
+        assert (sheet == 255).all(axis=-1).mean() < 0.5  # the tiles are drawn, not a blank page
+    # Too few rows is inconclusive, never a pass or a failure by chance.
+    assert check_pairing(bad_dataset, MIN_PAIRING_ROWS - 1)["verdict"] == "inconclusive"
 
 
 def test_verify_labels_reports_every_bad_row(tmp_path, capsys):

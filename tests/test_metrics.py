@@ -168,3 +168,7 @@ def test_two_processes_match_single_process(tmp_path):
         assert dist_result[key] == expected[key]  # exact, not approximate
     assert dist_result["per_category_iou"] == expected["per_category_iou"].tolist()
     assert dist_result["per_category_accuracy"] == expected["per_category_accuracy"].tolist()
+    # The evaluate module sums counts of different shapes (rank 1 saw predictions up to 11) to the same numbers.
+    module = dist_result["module"]
+    assert module.pop("num_samples") == num_samples + 1
+    assert module == {key: dist_result[key] for key in module}

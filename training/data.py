@@ -6,8 +6,10 @@ read undecoded and decoded here, so a broken file fails with the row and column 
 index arrays (``np.array(PIL)``) and never colour-converted; each preset maps raw values to train ids through a
 lookup table, 255 = ignore, and rejects values outside its raw range (the presets are in ``training/presets.py``).
 
-Run ``python training/data.py --dataset ade20k --dataset_path PATH --split validation --verify_labels 20`` for a
-one-shot histogram of the raw label values of the first rows.
+Run ``python training/data.py --dataset ade20k --dataset_path PATH --split validation --verify_labels 20`` to check the
+first rows: a histogram of their raw label values, whether each label fits its own image (label boundaries on image
+edges, against the other rows' labels: a shuffled pairing fails) and a contact sheet of image/label overlays to look
+at (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modeling_segret.image_processing_segret import exif_transposed, pil_image_to_rgb
 from training import configure_logging
@@ -544,6 +546,143 @@ def format_histogram(report: dict[str, Any], preset: DatasetPreset) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- pairing check
+PAIRING_SIZE = 320  # images and labels are compared at this square size
+MIN_PAIRING_ROWS = 5  # below, a shuffled pairing passes too often by chance (about 6% at 5 rows)
+
+
+def _edge_strength(image: np.ndarray) -> np.ndarray:
+    """(PAIRING_SIZE**2,) grey-level gradient magnitude, taken over 3x3 neighbourhoods (labels drawn a pixel off
+    still meet the edge) and divided by its mean; all zeros for a flat image."""
+    grey = Image.fromarray(image).convert("L").resize((PAIRING_SIZE, PAIRING_SIZE), Image.Resampling.BILINEAR)
+    grey = np.asarray(grey, dtype=np.float32)
+    gradient = np.zeros_like(grey)
+    gradient[:, :-1] = np.abs(np.diff(grey, axis=1))
+    gradient[:-1, :] = np.maximum(gradient[:-1, :], np.abs(np.diff(grey, axis=0)))
+    padded = np.pad(gradient, 1, mode="edge")
+    spread = np.max([padded[dy : dy + PAIRING_SIZE, dx : dx + PAIRING_SIZE] for dy in range(3) for dx in range(3)], 0)
+    mean = spread.mean()
+    return (spread / mean if mean > 0 else np.zeros_like(spread)).ravel()
+
+
+def _label_boundaries(label: np.ndarray, size: int | None = PAIRING_SIZE) -> np.ndarray:
+    """(H, W) bool: pixels next to a different label value (both sides), of the label resized (nearest) to a
+    ``size`` square first unless ``size`` is None."""
+    if size is not None:  # nearest-neighbour sampling, for any integer dtype
+        label = label[np.arange(size) * label.shape[0] // size][:, np.arange(size) * label.shape[1] // size]
+    boundary = np.zeros(label.shape, dtype=bool)
+    across, down = label[:, 1:] != label[:, :-1], label[1:, :] != label[:-1, :]
+    boundary[:, 1:] |= across
+    boundary[:, :-1] |= across
+    boundary[1:, :] |= down
+    boundary[:-1, :] |= down
+    return boundary
+
+
+def check_pairing(dataset: SegmentationDataset, num_rows: int) -> dict[str, Any]:
+    """Does each label map belong to its image? A check that value ranges cannot make: a shuffled pairing has valid
+    values.
+
+    For the first ``num_rows`` rows, ``fit[i][j]`` is how strong image ``i``'s edges are on the boundaries of label
+    ``j`` (mean normalised gradient there; about 1 where boundaries and edges are unrelated). A row *matches* when
+    its own label fits its image better than every other row's label does. In a correctly paired dataset nearly all
+    rows match; in a shuffled one each row does with probability 1 / rows. The verdict is ``"consistent"`` when at
+    least half the rows match, ``"mismatched"`` otherwise, ``"inconclusive"`` with fewer than ``MIN_PAIRING_ROWS``
+    rows that have both a label boundary and image contrast.
+    """
+    rows = min(int(num_rows), len(dataset))
+    edges, boundaries, scored = [], [], []
+    for index in range(rows):
+        image, label = dataset.raw_item(index)
+        edge, boundary = _edge_strength(image), _label_boundaries(label).ravel()
+        if boundary.any() and edge.any():  # a one-class label or a flat image says nothing about the pairing
+            edges.append(edge)
+            boundaries.append(boundary)
+            scored.append(index)
+    report: dict[str, Any] = {"rows_checked": rows, "rows_scored": scored, "min_rows": MIN_PAIRING_ROWS}
+    if len(scored) < 2:
+        return {
+            **report,
+            "verdict": "inconclusive",
+            "matched": [],
+            "own_fit": [],
+            "other_fit": [],
+            "best_label_row": [],
+        }
+    boundary_matrix = np.stack(boundaries).astype(np.float32)
+    fit = np.stack(edges) @ boundary_matrix.T / boundary_matrix.sum(axis=1)  # fit[i, j]: image i, label j
+    own = np.diag(fit).copy()
+    others = np.where(np.eye(len(scored), dtype=bool), np.nan, fit)
+    matched = own > np.nanmax(others, axis=1)
+    best = np.argmax(fit, axis=1)  # the row whose label fits each image best: shows an offset between the columns
+    verdict = "inconclusive" if len(scored) < MIN_PAIRING_ROWS else "consistent" if matched.mean() >= 0.5 else (
+        "mismatched")  # fmt: skip
+    return {
+        **report,
+        "verdict": verdict,
+        "matched": matched.tolist(),
+        "own_fit": own.round(3).tolist(),
+        "other_fit": np.nanmedian(others, axis=1).round(3).tolist(),  # a typical wrong label's fit, per image
+        "best_label_row": [scored[j] for j in best],
+    }
+
+
+def format_pairing(report: dict[str, Any]) -> str:
+    """A readable summary of a :func:`check_pairing` report."""
+    scored, matched = report["rows_scored"], report["matched"]
+    lines = [f"image-label agreement over {len(scored)} of {report['rows_checked']} rows: {report['verdict']}"]
+    if matched:
+        lines.append(
+            f"  {sum(matched)} of {len(scored)} labels fit their own image best (a shuffled pairing: about "
+            f"{100 / len(scored):.0f}%); edge strength on label boundaries: own label median "
+            f"{np.median(report['own_fit']):.2f}, other rows' labels {np.median(report['other_fit']):.2f} "
+            "(1 = unrelated)"
+        )
+        failing = [(row, best) for row, ok, best in zip(scored, matched, report["best_label_row"]) if not ok]
+        if failing:
+            pairs = ", ".join(f"{row}->{best}" for row, best in failing[:8]) + (", ..." if len(failing) > 8 else "")
+            lines.append(f"  {len(failing)} images fit another row's label best (image row -> label row): {pairs}")
+    if report["verdict"] == "inconclusive":
+        lines.append(f"  needs {report['min_rows']} rows with a label boundary and image contrast: pass a larger N")
+    return "\n".join(lines)
+
+
+def write_contact_sheet(
+    dataset: SegmentationDataset, report: dict[str, Any], path: str | Path, tile: int = 256, columns: int = 4
+) -> Path:
+    """A PNG grid of the checked rows: each image blended with its label's class colours (ignored pixels left as
+    they are) and the label boundaries in white, captioned with the row and its fit (red: a row that does not
+    match). Shows at a glance whether the masks lie on their images."""
+    preset = dataset.preset
+    colours = np.zeros((256, 3), np.uint8)
+    colours[: preset.num_labels] = np.asarray(preset.palette, np.uint8)[:256]
+    fits = dict(zip(report["rows_scored"], zip(report["own_fit"], report["matched"]))) if report["matched"] else {}
+    rows = report["rows_checked"]
+    caption, gap = 14, 6
+    columns = max(1, min(columns, rows))
+    sheet = Image.new("RGB", (columns * (tile + gap), -(-rows // columns) * (tile + caption + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index in range(rows):
+        image, raw = dataset.raw_item(index)
+        label = preset.map_labels(raw, dataset._where(index))
+        scale = min(tile / image.shape[1], tile / image.shape[0])  # fit the tile, up or down
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+        label = np.asarray(Image.fromarray(label).resize(size, Image.Resampling.NEAREST))
+        blended = (0.5 * image + 0.5 * colours[np.minimum(label, 255)]).round().astype(np.uint8)
+        picture = np.where((label == IGNORE_INDEX)[..., None], image, blended)
+        picture[_label_boundaries(label, None)] = 255
+        left, top = (index % columns) * (tile + gap), (index // columns) * (tile + caption + gap)
+        sheet.paste(Image.fromarray(picture), (left + (tile - size[0]) // 2, top + (tile - size[1]) // 2))
+        own, ok = fits.get(index, (None, True))
+        text = f"row {index}" + (f"  fit {own:.2f}" if own is not None else "  (not scored)") + ("" if ok else "  !")
+        draw.text((left + 4, top + tile + 2), text, fill=(0, 0, 0) if ok else (200, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """The dataset command-line options shared by the training and evaluation scripts."""
     group = parser.add_argument_group("dataset")
@@ -592,6 +731,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_arguments(parser)
+    parser.add_argument(
+        "--contact_sheet",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="with --verify_labels: where the overlays go (default: label_check_<dataset>_<split>.png)",
+    )
     args = parser.parse_args(argv)
     preset = preset_from_args(args)
     dataset = build_dataset(
@@ -601,10 +747,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verify_labels:
         try:
             report = verify_labels(dataset, args.verify_labels)
+            print(format_histogram(report, preset))
+            pairing = check_pairing(dataset, args.verify_labels)
+            sheet = args.contact_sheet or Path(f"label_check_{preset.name}_{dataset.split}.png")
+            print(format_pairing(pairing))
+            print(
+                f"contact sheet of {pairing['rows_checked']} overlays: {write_contact_sheet(dataset, pairing, sheet)}"
+            )
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(format_histogram(report, preset))
+        if pairing["verdict"] == "mismatched":
+            print(
+                "error: the labels do not fit their images better than other rows' labels: the image and label "
+                "columns are probably out of step (look at the contact sheet; docs/datasets.md)",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 
+from demo.space import write_space
 from modeling_segret import REMOTE_CODE_FILES, SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor
 from modeling_segret.complexity import variant_name
 from training import configure_logging
@@ -448,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--license", default="apache-2.0", help="license identifier for the card (default: apache-2.0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--skip_validation", action="store_true", help="skip the fresh-process check (not with --push)")
+    parser.add_argument("--space", action="store_true", help="also write a Gradio demo Space for --repo_id beside "
+                        "the output folder (OUTPUT-space; demo/space.py)")  # fmt: skip
     hub = parser.add_argument_group("upload")
     hub.add_argument("--push", action="store_true", help="upload the folder to --repo_id in one commit")
     hub.add_argument("--private", action="store_true", help="create the repository as private")
@@ -456,8 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub.add_argument("--commit_message", help="commit title")
     hub.add_argument("--token", help="Hub token (default: the saved login or HF_TOKEN)")
     args = parser.parse_args(argv)
-    if args.push and not args.repo_id:
-        parser.error("--push needs --repo_id ORG/NAME")
+    if (args.push or args.space) and not args.repo_id:
+        parser.error(f"{'--push' if args.push else '--space'} needs --repo_id ORG/NAME")
     if args.push and args.skip_validation:
         parser.error("--skip_validation cannot be combined with --push: only validated folders are uploaded")
     output_dir = args.output_dir or args.source.with_name(args.source.resolve().name + "-hub")
@@ -486,6 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for note in report["notes"]:
                 print(f"note: {note}")
+        if args.space:
+            space = write_space(folder.with_name(folder.name + "-space"), args.repo_id, license=args.license,
+                                overwrite=args.overwrite)  # fmt: skip
+            print(f"wrote the demo Space {space} (upload: huggingface-cli upload --repo-type space NAME {space} .)")
         if args.push:
             commit = push(
                 folder,
@@ -497,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 token=args.token,
             )
             print(f"pushed to {commit.commit_url}" + (f" (pull request {commit.pr_url})" if commit.pr_url else ""))
-    except PublishError as error:
+    except (PublishError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
