@@ -15,7 +15,7 @@ reverse direction a folder saved by each venv (with the package) is loaded by th
     python scripts/compat_matrix.py                       # every minor release: 4.57.6, 5.0.0 ... 5.24.0
     python scripts/compat_matrix.py --versions 4.57.6 5.1.0
 
-It prints a Markdown table (the README's "Compatibility" table) and writes the raw results as JSON.
+It prints a Markdown table (the table of docs/compatibility.md) and writes the raw results as JSON.
 """
 
 from __future__ import annotations

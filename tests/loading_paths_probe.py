@@ -48,8 +48,8 @@ def main() -> None:
     from PIL import Image
     from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation, pipeline
 
-    # transformers 5.4 - 5.17 without torchvision: the top-level AutoImageProcessor is a placeholder (README,
-    # "Compatibility"); the class in its own module is the documented one.
+    # transformers 5.4 - 5.17 without torchvision: the top-level AutoImageProcessor is a placeholder
+    # (docs/compatibility.md); the class in its own module is the documented one.
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
     from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 

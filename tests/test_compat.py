@@ -1,7 +1,7 @@
 """The saved folder is Hub remote code for every transformers a user may have: the oldest supported (4.57), an early
 5.x and the newest, each in a small venv (built once, cached in .cache/compat-venvs/) where the package is blocked.
 
-The full matrix, every minor release, is `python scripts/compat_matrix.py` (README, "Compatibility").
+The full matrix, every minor release, is `python scripts/compat_matrix.py` (docs/compatibility.md).
 """
 
 import ast
@@ -21,7 +21,7 @@ import modeling_segret  # noqa: E402
 from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor  # noqa: E402
 
 OLDEST = TEST_VERSIONS[0]
-# The checks a user relies on; AutoBackbone from a local folder is the exception (README) and has its own test.
+# The checks a user relies on; AutoBackbone from a local folder is the exception (docs/compatibility.md) and has its own test.
 CORE_CHECKS = ("auto_classes", "image_processor", "pipeline", "no_error_log", "backbone_alternatives")
 
 
@@ -49,7 +49,7 @@ def test_current_folder_loads_as_remote_code(version, reference_folder, tmp_path
     assert report["transformers"] == version
     assert not _failures(report, CORE_CHECKS)
     assert "max logit difference" in report["checks"]["auto_classes"]["detail"]
-    if version.startswith("4."):  # 5.x asks the Hub whether the path is a repo (README, "Compatibility")
+    if version.startswith("4."):  # 5.x asks the Hub whether the path is a repo (docs/compatibility.md)
         assert report["checks"]["auto_backbone"]["ok"], report["checks"]["auto_backbone"]
 
 

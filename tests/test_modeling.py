@@ -216,7 +216,7 @@ def test_batch_equals_items_run_one_by_one(config):
 
 @pytest.mark.slow
 def test_torch_compile_runs_and_matches_eager(config):
-    # dynamic=False, as the README says: with dynamic shapes (also torch.compile's automatic ones after a second
+    # dynamic=False, as docs/deployment.md says: with dynamic shapes (also torch.compile's automatic ones after a second
     # size) inductor 2.13 fails to lower the global retention's attention; static shapes recompile per size.
     model = SegRetForSemanticSegmentation(config).eval()
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
