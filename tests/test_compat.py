@@ -21,7 +21,8 @@ import modeling_segret  # noqa: E402
 from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor  # noqa: E402
 
 OLDEST = TEST_VERSIONS[0]
-# The checks a user relies on; AutoBackbone from a local folder is the exception (docs/compatibility.md) and has its own test.
+# The checks a user relies on; AutoBackbone from a local folder is the exception (docs/compatibility.md), tested
+# on its own.
 CORE_CHECKS = ("auto_classes", "image_processor", "pipeline", "no_error_log", "backbone_alternatives")
 
 
