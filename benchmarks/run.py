@@ -13,11 +13,15 @@ CPU parts (batch 1, 512×512, float32, random weights, `torch.inference_mode`, u
   levers    SegRet-Tiny with one speed lever undone at a time
   compile   SegRet-Tiny eager vs `torch.compile` (inductor): inference, and a training step at batch 2
   onnx      onnxruntime (CPU) vs eager PyTorch, SegRet-Tiny and SegFormer-B1 (needs the `export` extra)
+  deploy    (only when named) SegRet-Tiny and SegFormer-B1 in eager PyTorch, onnxruntime (float32, int8 dynamic and
+            static), OpenVINO (float32 and its default precision; the `openvino` extra) and torch.compile, at 512² and
+            1024×2048, all interleaved per size; its own BENCHMARKS.md section
   global-stage  SegRet-Tiny vs SegFormer-B1 at 1024×2048 (Tiny's quadratic global stage 3 at 8192 tokens)
   train     one training step (forward + backward), batch 2: SegRet-Tiny vs SegFormer-B1
   memory    whole-image 1024×2048 inference, peak resident memory of a fresh process per model
   pipeline  time per image of the image-segmentation pipeline (SegRet's class for SegRet-Tiny, transformers' for
-            SegFormer-B1), 512² and 1024×2048 photos; post-processing alone before / now
+            SegFormer-B1), 512², 640×480 and 1024×2048 photos, random heads and 10 winning classes; post-processing
+            alone before / now
   postprocess-memory  peak memory of post-processing one 3000×2000 photo with 150 classes, before / now
   highres   (only when named) the four variants vs SegFormer-B1/B2/B3 matched by parameters at 512², 1024²,
             1024×2048 and 2048²: time and peak memory; its own BENCHMARKS.md section (also in the GPU suite)
@@ -48,17 +52,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config
+
+if __package__:  # python -m benchmarks.run, or imported by the tests
+    from .official_rmt import OfficialRMTBackbone, OfficialSegRet
+else:  # python benchmarks/run.py: this folder is first on sys.path
+    from official_rmt import OfficialRMTBackbone, OfficialSegRet
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPOSITORY))
-
-import transformers  # noqa: E402
-from transformers import SegformerConfig, SegformerForSemanticSegmentation  # noqa: E402
-from transformers.modeling_outputs import SemanticSegmenterOutput  # noqa: E402
-
-from benchmarks.official_rmt import OfficialRMTBackbone, OfficialSegRet  # noqa: E402
-from modeling_segret import SegRetForSemanticSegmentation, segret_variant_config  # noqa: E402
 
 GPU_PARTS = ("throughput", "backbone", "train")
 VARIANTS = ("tiny", "small", "base", "large")
@@ -221,15 +227,19 @@ def timed_rows(
     matmul: Contender,
 ) -> list[Row]:
     """Runs the contenders and a reference matrix product interleaved; one row per contender."""
+    load_before = os.getloadavg()[0]
     times = interleaved(contenders + [matmul], rounds, warmup, device)
+    load = (load_before, os.getloadavg()[0])
     peak_rates = [matmul.macs / seconds for seconds in times[matmul.name]]
     rows = []
     for contender in contenders:
         own = times[contender.name]
         row = Row(group, contender.name, 1e3 * statistics.median(own), note=contender.note)
         if contender.name != reference:
-            row.ratio = statistics.median(a / b for a, b in zip(own, times[reference]))
+            ratios = [a / b for a, b in zip(own, times[reference])]
+            row.ratio = statistics.median(ratios)
             row.reference = reference
+            row.extra["ratio range"] = (min(ratios), max(ratios))
         if contender.macs:
             row.macs = contender.macs
             row.mac_rate = contender.macs / statistics.median(own)
@@ -238,6 +248,8 @@ def timed_rows(
     matmul_row = Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]), macs=matmul.macs)
     matmul_row.mac_rate = statistics.median(peak_rates)
     matmul_row.peak_fraction = 1.0
+    for row in rows + [matmul_row]:
+        row.extra["load"] = load
     return rows + [matmul_row]
 
 
@@ -278,7 +290,7 @@ def part_model(args, matmul) -> list[Row]:
         contender.macs = count_macs(contender.run)
     group = f"inference {args.image_size}², batch 1"
     rows = timed_rows(group, contenders, "SegFormer-B1", args.rounds, 1, args.device, matmul)
-    rows[0].target, rows[0].met = "≤ 0.8", rows[0].ratio <= 0.8
+    rows[0].target, rows[0].met = "≤ 0.7", rows[0].ratio <= 0.7  # issue 22: median of ≥ 10 interleaved rounds
     return rows
 
 
@@ -353,15 +365,16 @@ def undo_three_dimensional_masks(model) -> None:
         if position.mode != "decomposed":
             continue
 
-        def tables(*args, position=position):
-            tables = type(position).forward(position, *args)
+        def tables(*args, position=position, **kwargs):
+            tables = type(position).forward(position, *args, **kwargs)
             return tables._replace(decay_masks=tuple(mask[0] for mask in tables.decay_masks))
 
         position.forward = tables
 
 
 def undo_complex_rotation(model) -> None:
-    """The rotary encoding in real arithmetic (the compile/export form) in eager mode too."""
+    """The form that compilers and exporters trace (rotary encoding in real arithmetic, dense global decay mask) in
+    eager mode too."""
     forward = model.forward
 
     def real_rotation_forward(*args, **kwargs):
@@ -393,7 +406,7 @@ def undo_channels_last_stem(model) -> None:
 
 LEVERS = {
     "3-D attention masks (unfused SDPA path)": undo_three_dimensional_masks,
-    "complex rotation (real arithmetic in eager)": undo_complex_rotation,
+    "traced-graph form in eager (real rotation, dense global mask)": undo_complex_rotation,
     "decoder unfolded": undo_decoder_folding,
     "channels-first stem": undo_channels_last_stem,
 }
@@ -420,21 +433,20 @@ def part_levers(args, matmul) -> list[Row]:
 
 
 def part_compile(args, matmul) -> list[Row]:
-    """SegRet-Tiny eager vs `torch.compile` (inductor, default mode): inference at batch 1, a training step at 2."""
+    """SegRet-Tiny eager vs `torch.compile` (inductor): inference at batch 1 (with freezing), a training step at 2."""
     pixel_values = torch.randn(1, 3, args.image_size, args.image_size)
     model = segret("tiny").eval()
     randomize_decoder_residuals(model)
-    compiled = torch.compile(model)
-    start = time.perf_counter()
+    run_compiled, compile_seconds = compiled_runner(model, pixel_values)
     with torch.inference_mode():
-        difference = relative_difference(compiled(pixel_values).logits, model(pixel_values).logits)
-    compile_seconds = time.perf_counter() - start
+        difference = relative_difference(run_compiled().logits, model(pixel_values).logits)
     contenders = [
         Contender("SegRet-Tiny eager", inference(model, pixel_values)),
         Contender(
             "SegRet-Tiny torch.compile",
-            inference(compiled, pixel_values),
-            note=f"compiled in {compile_seconds:.0f} s; logits vs eager: {difference:.1e} relative",
+            run_compiled,
+            note=f"compiled in {compile_seconds:.0f} s (freezing, dynamic=False); logits vs eager: {difference:.1e} "
+            "relative",
         ),
     ]
     group = f"torch.compile inference, {args.image_size}², batch 1"
@@ -446,7 +458,7 @@ def part_compile(args, matmul) -> list[Row]:
     train_pixels = torch.randn(batch_size, 3, args.image_size, args.image_size)
     labels = torch.randint(0, NUM_LABELS, (batch_size, args.image_size, args.image_size))
     train_model = segret("tiny").train()
-    compiled_train = torch.compile(copy.deepcopy(train_model))
+    compiled_train = torch.compile(copy.deepcopy(train_model), dynamic=False)
     start = time.perf_counter()
     training_step(compiled_train, train_pixels, labels)()
     compile_seconds = time.perf_counter() - start
@@ -461,6 +473,7 @@ def part_compile(args, matmul) -> list[Row]:
     group = f"torch.compile training step, {args.image_size}², batch {batch_size}"
     train_rows = timed_rows(group, contenders, contenders[0].name, max(2, args.rounds // 2), 1, args.device, matmul)
     train_rows[1].extra["speed-up"] = 1 / train_rows[1].ratio
+    train_rows[1].target, train_rows[1].met = "not slower than eager", train_rows[1].ratio <= 1
     return rows + train_rows
 
 
@@ -505,6 +518,138 @@ def part_onnx(args, matmul) -> list[Row]:
             ]
             group = f"onnxruntime vs eager, {args.image_size}², batch 1"
             rows += timed_rows(group, contenders, contenders[0].name, args.rounds, 1, args.device, matmul)
+    return rows
+
+
+DEPLOY_SIZES = ((512, 512), (1024, 2048))
+DEPLOY_QUICK_SIZES = ((128, 128), (128, 256))
+
+
+def onnxruntime_runner(path: Path, pixel_values: torch.Tensor, threads: int) -> Callable[[], object]:
+    """An onnxruntime CPU session with its default (all) graph optimisations, as a deployment opens it."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = {session.get_inputs()[0].name: pixel_values.numpy()}
+    return lambda: session.run(None, inputs)[0]
+
+
+def openvino_runner(path: Path, pixel_values: torch.Tensor, threads: int, precision: str) -> Callable[[], object]:
+    """OpenVINO's CPU plugin on the same ONNX file, in float32 or in its default precision (bfloat16 on CPUs with
+    AMX or AVX-512 BF16, as this one)."""
+    import openvino
+
+    config = {"INFERENCE_NUM_THREADS": threads}
+    if precision == "f32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = openvino.Core().compile_model(str(path), "CPU", config)
+    inputs = pixel_values.numpy()
+    return lambda: compiled(inputs)[0]
+
+
+def compiled_runner(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[Callable[[], object], float]:
+    """`torch.compile(model, dynamic=False)` with inductor's freezing (weights folded and pre-packed: the setting
+    PyTorch recommends for CPU inference), compiled by a first call; returns the runner and the compile seconds."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    compiled = torch.compile(model, dynamic=False)
+    start = time.perf_counter()
+    inference(compiled, pixel_values)()
+    return inference(compiled, pixel_values), time.perf_counter() - start
+
+
+def argmax_agreement(logits, reference: torch.Tensor) -> float:
+    logits = torch.as_tensor(getattr(logits, "logits", logits)).float()  # a model output, a tensor or an array
+    return (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+
+
+def part_deploy(args, matmul) -> list[Row]:
+    """SegRet-Tiny and SegFormer-B1 in each runtime a deployment uses (eager PyTorch, onnxruntime, OpenVINO,
+    torch.compile) at 512² and 1024×2048, all interleaved per size; at 512² also onnxruntime's int8 quantisations.
+    Both models go through the same ONNX export (`modeling_segret.export.export_onnx`: opset 23, dynamic batch,
+    height and width, weight-only subgraphs folded)."""
+    import importlib.util
+    import tempfile
+
+    from modeling_segret.export import DEFAULT_MIN_AGREEMENT, export_onnx, quantize_onnx
+
+    has_openvino = importlib.util.find_spec("openvino") is not None
+    segret_model = segret("tiny").eval()
+    randomize_decoder_residuals(segret_model)
+    models = {"SegRet-Tiny": segret_model, "SegFormer-B1": segformer_b1().eval()}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_files = {}
+        for name, model in models.items():
+            onnx_files[name] = Path(folder) / f"{name}.onnx"
+            export_onnx(model, onnx_files[name])
+        for height, width in DEPLOY_QUICK_SIZES if args.quick else args.deploy_sizes:
+            small = height * width <= 512 * 512
+            pixel_values = torch.randn(1, 3, height, width)
+            contenders, references, agreements = [], {}, {}
+            for name, model in models.items():
+                with torch.inference_mode():
+                    references[name] = model(pixel_values).logits
+                runners = {"eager PyTorch": (inference(model, pixel_values), "")}
+                runners["onnxruntime"] = (onnxruntime_runner(onnx_files[name], pixel_values, args.threads), "")
+                if small:
+                    for mode in ("dynamic", "static"):
+                        quantized = Path(folder) / f"{name}-{mode}.onnx"
+                        if not quantized.exists():
+                            calibration = [torch.randn(1, 3, 512, 512) for _ in range(4)]
+                            quantize_onnx(onnx_files[name], quantized, mode, calibration)
+                        runner = onnxruntime_runner(quantized, pixel_values, args.threads)
+                        runners[f"onnxruntime int8 {mode}"] = (runner, "random calibration" if mode == "static" else "")
+                if has_openvino:
+                    runners["OpenVINO f32"] = (openvino_runner(onnx_files[name], pixel_values, args.threads, "f32"), "")
+                    if small:
+                        runner = openvino_runner(onnx_files[name], pixel_values, args.threads, "default")
+                        runners["OpenVINO default (bf16)"] = (runner, "")
+                runner, seconds = compiled_runner(model, pixel_values)
+                runners["torch.compile"] = (runner, f"compiled in {seconds:.0f} s (freezing, dynamic=False)")
+                for runtime, (run, note) in runners.items():
+                    agreement = argmax_agreement(run(), references[name])
+                    agreements[f"{name} {runtime}"] = agreement
+                    note = "; ".join(filter(None, [note, f"argmax agreement with eager {agreement:.2%}"]))
+                    contenders.append(Contender(f"{name} {runtime}", run, note=note))
+            rounds = args.rounds if small else max(2, args.rounds // 4)
+            group = f"deploy {height}×{width}, batch 1"
+            load_before = os.getloadavg()[0]
+            times = interleaved(contenders + [matmul], rounds, 1, args.device)
+            load = (load_before, os.getloadavg()[0])
+            for contender in contenders:
+                model_name, runtime = contender.name.split(" ", 1)
+                row = Row(group, contender.name, 1e3 * statistics.median(times[contender.name]), note=contender.note)
+                row.extra["load"] = load
+                peer = f"SegFormer-B1 {runtime}"
+                if model_name == "SegRet-Tiny" and peer in times:
+                    ratios = [a / b for a, b in zip(times[contender.name], times[peer])]
+                    row.ratio, row.reference = statistics.median(ratios), peer
+                    row.extra["ratio range"] = (min(ratios), max(ratios))
+                    if small:
+                        row.target, row.met = "≤ 0.8", row.ratio <= 0.8
+                own_eager = times[f"{model_name} eager PyTorch"]
+                if runtime != "eager PyTorch":
+                    row.extra["× own eager"] = statistics.median(
+                        a / b for a, b in zip(times[contender.name], own_eager)
+                    )
+                    row.note += f"; {row.extra['× own eager']:.2f}× its eager time"
+                if runtime.startswith("onnxruntime int8"):
+                    row.extra["agreement"] = agreements[contender.name]
+                    minimum = DEFAULT_MIN_AGREEMENT["int8"]
+                    if model_name == "SegRet-Tiny":
+                        row.note += f" (export command's minimum {minimum:.0%})"
+                if runtime == "torch.compile" and model_name == "SegRet-Tiny":
+                    speed_up = 1 / row.extra["× own eager"]
+                    row.note += f"; target ≥ 1.3× faster than eager: {'met' if speed_up >= 1.3 else 'missed'}"
+                rows.append(row)
+            matmul_row = Row(group, matmul.name, 1e3 * statistics.median(times[matmul.name]))
+            matmul_row.extra["load"] = load
+            rows.append(matmul_row)
+            print(f"[deploy {group}]\n{format_table(rows)}", file=sys.stderr)
     return rows
 
 
@@ -606,7 +751,7 @@ def part_memory(args, matmul) -> list[Row]:
     height, width = (256, 512) if args.quick else (1024, 2048)
     rows = []
     for name in MEMORY_MODELS:
-        report = fresh_process_report("--memory-child", name, height, width, args.threads)
+        report = fresh_process_report("--memory_child", name, height, width, args.threads)
         row = Row(f"whole image {height}×{width}, batch 1", name, 1e3 * report["seconds"])
         row.memory = (
             f"{report['peak']:.2f} GiB peak RSS (+{report['peak'] - report['before']:.2f} over the loaded model)"
@@ -642,45 +787,66 @@ def part_pipeline(args, matmul) -> list[Row]:
     segret_model = segret("tiny").eval()
     randomize_decoder_residuals(segret_model)
     segformer = segformer_b1().eval()
+    # Two versions of each model: random heads (as the issue measured: many classes present, one mask each) and heads
+    # where only 10 classes can win (as a trained model on one photo; see predict_a_handful_of_classes).
+    few_classes = {name: copy.deepcopy(model) for name, model in [("SegRet", segret_model), ("SegFormer", segformer)]}
     sample = torch.randn(1, 3, 128, 128)
-    for model in (segret_model, segformer):
+    for model in few_classes.values():
         predict_a_handful_of_classes(model, sample)
-    # SegformerImageProcessor resolves to this PIL class where torchvision is not installed (as here). SegRet runs in
-    # its own pipeline class, the one `pipeline(..., trust_remote_code=True)` builds from a Hub repository.
-    segmenters = {
-        "SegFormer-B1 pipeline (SegformerImageProcessor, 512×512)": pipeline(
-            "image-segmentation", model=segformer, image_processor=SegformerImageProcessorPil()
-        ),
-        "SegRet-Tiny pipeline (default keep-ratio processor, short side 512)": pipeline(
-            "image-segmentation",
-            model=segret_model,
-            image_processor=SegRetImageProcessor(),
-            pipeline_class=SegRetImageSegmentationPipeline,
-        ),
-        "SegRet-Tiny pipeline (fixed 512×512 processor)": pipeline(
-            "image-segmentation",
-            model=segret_model,
-            image_processor=SegRetImageProcessor(size=512),
-            pipeline_class=SegRetImageSegmentationPipeline,
-        ),
+
+    def segmenters(segret_model, segformer, heads: str) -> dict:
+        # SegformerImageProcessor resolves to this PIL class where torchvision is not installed (as here). SegRet runs
+        # in its own pipeline class, the one `pipeline(..., trust_remote_code=True)` builds from a Hub repository.
+        return {
+            f"SegFormer-B1 pipeline (SegformerImageProcessor, 512×512), {heads}": pipeline(
+                "image-segmentation", model=segformer, image_processor=SegformerImageProcessorPil()
+            ),
+            f"SegRet-Tiny pipeline (default keep-ratio processor, short side 512), {heads}": pipeline(
+                "image-segmentation",
+                model=segret_model,
+                image_processor=SegRetImageProcessor(),
+                pipeline_class=SegRetImageSegmentationPipeline,
+            ),
+            f"SegRet-Tiny pipeline (fixed 512×512 processor), {heads}": pipeline(
+                "image-segmentation",
+                model=segret_model,
+                image_processor=SegRetImageProcessor(size=512),
+                pipeline_class=SegRetImageSegmentationPipeline,
+            ),
+        }
+
+    pipelines = {
+        "10 winning classes": segmenters(few_classes["SegRet"], few_classes["SegFormer"], "10 winning classes"),
+        "random heads": segmenters(segret_model, segformer, "random heads"),
     }
     rows = []
     generator = torch.Generator().manual_seed(0)
-    sizes = [(128, 128), (128, 256)] if args.quick else [(512, 512), (1024, 2048)]
-    for (height, width), target in zip(sizes, ["≤ 0.8", "≤ 1.0"]):
+    # (height, width), target for the keep-ratio pipeline, head settings: 512² and the issue's 640×480 photo with both
+    # head settings, 1024×2048 (minutes per round) with few classes only.
+    sizes = [((128, 128), "≤ 0.8", list(pipelines)), ((128, 256), "≤ 1.0", ["10 winning classes"])]
+    if not args.quick:
+        sizes = [
+            ((512, 512), "≤ 0.8", list(pipelines)),
+            ((480, 640), "≤ 0.8", list(pipelines)),
+            ((1024, 2048), "≤ 1.0", ["10 winning classes"]),
+        ]
+    for (height, width), target, head_settings in sizes:
         pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).numpy()
         image = Image.fromarray(pixels)
-        # One mask per class present is part of the time: the note says how many (see predict_a_handful_of_classes).
-        contenders = [
-            Contender(name, pipeline_call(segmenter, image), note=f"{len(segmenter(image))} classes predicted")
-            for name, segmenter in segmenters.items()
-        ]
-        rounds = args.rounds if height * width <= 512 * 512 else max(2, args.rounds // 2)
-        group = f"pipeline, one {height}×{width} image"
-        group_rows = timed_rows(group, contenders, contenders[0].name, rounds, 1, args.device, matmul)
-        for row in group_rows[1:3]:
-            row.target, row.met = target, row.ratio <= float(target.split()[-1])
-        rows += group_rows
+        for heads in head_settings:
+            # One mask per class present is part of the time: the note says how many.
+            contenders = [
+                Contender(name, pipeline_call(segmenter, image), note=f"{len(segmenter(image))} classes predicted")
+                for name, segmenter in pipelines[heads].items()
+            ]
+            rounds = args.rounds if height * width <= 512 * 512 else max(2, args.rounds // 2)
+            if height * width > 1024 * 1024:
+                rounds = max(2, args.rounds // 4)
+            group = f"pipeline, one {height}×{width} image"
+            group_rows = timed_rows(group, contenders, contenders[0].name, rounds, 1, args.device, matmul)
+            for row in group_rows[1:3]:
+                row.target, row.met = target, row.ratio <= float(target.split()[-1])
+            rows += group_rows
 
     # Post-processing alone on SegRet-Tiny's 150 logits of a 512² input: before (channels-last logits, one step
     # to the target size) and now (contiguous logits, through the input size, a few classes at a time).
@@ -735,7 +901,7 @@ def part_postprocess_memory(args, matmul) -> list[Row]:
     height, width = (600, 400) if args.quick else (3000, 2000)
     rows = []
     for name in POSTPROCESS_MEMORY:
-        report = fresh_process_report("--postprocess-child", name, height, width, args.threads)
+        report = fresh_process_report("--postprocess_child", name, height, width, args.threads)
         row = Row(f"post-processing one {height}×{width} photo, {NUM_LABELS} classes", name, 1e3 * report["seconds"])
         growth = report["peak"] - report["before"]
         row.memory = f"{report['peak']:.2f} GiB peak RSS (+{growth:.2f} for the post-processing)"
@@ -773,7 +939,7 @@ def highres_rounds(args, height: int, width: int) -> int:
 
 def cpu_peak_memory(name: str, height: int, width: int, threads: int) -> tuple[float, float]:
     """(peak, growth over the loaded model) resident GiB of one forward in a fresh process (see `memory_child`)."""
-    report = fresh_process_report("--memory-child", name, height, width, threads)
+    report = fresh_process_report("--memory_child", name, height, width, threads)
     return report["peak"], report["peak"] - report["before"]
 
 
@@ -881,6 +1047,34 @@ def format_crossover(rows: list[Row]) -> str:
     return "\n".join(lines) + f"\n\nTimed rounds (after one warm-up round): {rounds_text}."
 
 
+def format_deploy(rows: list[Row]) -> str:
+    """One line per runtime and size: both models' median times, SegRet-Tiny ÷ SegFormer-B1 (median and range of the
+    per-round ratios) and each model's time relative to its own eager PyTorch."""
+    by_name = {(row.group, row.name): row for row in rows}
+    lines = [
+        "| size | runtime | SegRet-Tiny ms | SegFormer-B1 ms | SegRet ÷ SegFormer (rounds) | target | "
+        "SegRet × its eager | SegFormer × its eager | argmax agreement SegRet / SegFormer | load average |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if not row.name.startswith("SegRet-Tiny "):
+            continue
+        runtime = row.name.removeprefix("SegRet-Tiny ")
+        peer = by_name.get((row.group, f"SegFormer-B1 {runtime}"))
+        if peer is None:
+            continue
+        low, high = row.extra["ratio range"]
+        target = "" if row.met is None else f"{row.target}: {'met' if row.met else '**missed**'}"
+        relative = [f"{r.extra['× own eager']:.2f}" if "× own eager" in r.extra else "1" for r in (row, peer)]
+        agreements = [r.note.split("argmax agreement with eager ")[1].split(";")[0].split(" ")[0] for r in (row, peer)]
+        lines.append(
+            f"| {row.group.removeprefix('deploy ')} | {runtime} | {row.median_ms:.0f} | {peer.median_ms:.0f} | "
+            f"{row.ratio:.2f} ({low:.2f}–{high:.2f}) | {target} | {relative[0]} | {relative[1]} | "
+            f"{agreements[0]} / {agreements[1]} | " + "{:.1f}→{:.1f}".format(*row.extra["load"]) + " |"
+        )
+    return "\n".join(lines)
+
+
 def crossover(ratios: list[float | None], sizes: list[tuple[int, int, int]]) -> str:
     """Where a variant ÷ peer time ratio changes side of 1, in words."""
     measured = [(ratio, f"{h}×{w}, batch {b}") for ratio, (b, h, w) in zip(ratios, sizes) if ratio is not None]
@@ -932,10 +1126,12 @@ def part_throughput(args, matmul) -> list[Row]:
 
 def format_table(rows: list[Row]) -> str:
     columns = ["measurement", "contender", "median ms", "ratio", "target", "met", "GMAC", "GMAC/s", "of matmul peak"]
-    columns += ["memory", "notes"]
+    columns += ["memory", "load average (1 min, start→end)", "notes"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         ratio = f"{row.ratio:.3f} × {row.reference}" if row.ratio is not None else ""
+        if "ratio range" in row.extra:
+            ratio += " (rounds {:.2f}–{:.2f})".format(*row.extra["ratio range"])
         if "speed-up" in row.extra:
             ratio += f" ({row.extra['speed-up']:.2f}× faster)"
         met = "" if row.met is None else ("yes" if row.met else "**no**")
@@ -953,6 +1149,7 @@ def format_table(rows: list[Row]) -> str:
                     f"{row.mac_rate / 1e9:.1f}" if row.mac_rate else "",
                     f"{row.peak_fraction:.0%}" if row.peak_fraction else "",
                     row.memory,
+                    "{:.1f}→{:.1f}".format(*row.extra["load"]) if "load" in row.extra else "",
                     row.note,
                 ]
             )
@@ -1020,6 +1217,7 @@ SUITES = {
         "levers": (part_levers, {}),
         "compile": (part_compile, {}),
         "onnx": (part_onnx, {}),
+        "deploy": (part_deploy, {}),
         "global-stage": (part_global_stage, {}),
         "train": (part_train, {}),
         "memory": (part_memory, {}),
@@ -1036,14 +1234,15 @@ SUITES = {
 }
 # Parts that run only when named in --parts (long: minutes per size on a 2-core CPU) and write their own
 # BENCHMARKS.md section, with the summary that this function formats above their table.
-OWN_SECTION_PARTS = {"highres": format_crossover}
+OWN_SECTION_PARTS = {"highres": format_crossover, "deploy": format_deploy}
 
 
 def run_part_in_fresh_process(part: str, argv: list[str], environment: dict) -> list[Row]:
-    command = [sys.executable, __file__, *argv, "--part-child", part]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **environment})
+    command = [sys.executable, __file__, *argv, "--part_child", part]
+    # The child's progress (stderr) goes straight to ours: long parts print each group as it is measured.
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **environment})
     if result.returncode != 0:
-        raise SystemExit(f"part {part!r} failed:\n{result.stderr[-5000:]}")
+        raise SystemExit(f"part {part!r} failed (its error output is above)")
     rows = [Row(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
     if environment == HEAP_ALLOCATOR:
         for row in rows:
@@ -1055,16 +1254,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--parts", nargs="+", help="subset of the suite's parts (default: all)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per group (default: cpu 9, gpu 10)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per group (default: cpu 11, gpu 10)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument(
         "--suite", choices=list(SUITES), help="cpu or gpu measurements (default: the device's; gpu on cpu = smoke test)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: small inputs, 1 round, no file written")
+    parser.add_argument(
+        "--deploy_sizes",
+        nargs="+",
+        type=lambda text: tuple(int(side) for side in text.split("x")),
+        default=list(DEPLOY_SIZES),
+        metavar="HxW",
+        help="image sizes of the deploy part (default: 512x512 1024x2048)",
+    )
     parser.add_argument("--output", type=Path, default=REPOSITORY / "BENCHMARKS.md")
-    parser.add_argument("--part-child", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
-    parser.add_argument("--postprocess-child", help=argparse.SUPPRESS)
+    parser.add_argument("--part_child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory_child", help=argparse.SUPPRESS)
+    parser.add_argument("--postprocess_child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -1083,7 +1290,7 @@ def main() -> None:
     parts = args.parts or [part for part in runners if part not in OWN_SECTION_PARTS]
     if unknown := set(parts) - set(runners):
         raise SystemExit(f"unknown parts for the {args.suite} suite: {sorted(unknown)}; choose from {list(runners)}")
-    args.rounds = args.rounds or (1 if args.quick else (9 if args.suite == "cpu" else 10))
+    args.rounds = args.rounds or (1 if args.quick else (11 if args.suite == "cpu" else 10))
     args.image_size = 128 if args.quick else 512
     args.dtype = torch.float32 if args.suite == "cpu" else torch.bfloat16
     args.batch_size = 1 if args.suite == "cpu" else (2 if args.quick else 16)
@@ -1097,6 +1304,7 @@ def main() -> None:
 
     child_argv = ["--device", args.device.type, "--suite", args.suite, "--rounds", str(args.rounds)]
     child_argv += ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    child_argv += ["--deploy_sizes", *(f"{height}x{width}" for height, width in args.deploy_sizes)]
     rows = []
     for part in parts:
         start, load_before = time.perf_counter(), os.getloadavg()

@@ -6,6 +6,8 @@ Meet Vision Transformers" (https://arxiv.org/abs/2309.11523). Inside the backbon
 (batch, height, width, channels); feature maps leave the backbone channels-first, (batch, channels, height, width).
 """
 
+import difflib
+import inspect
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithNoAttention, SemanticSegmenterOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
@@ -45,7 +47,9 @@ class SegRetDepthwiseConv(nn.Conv2d):
     """Depth-wise k×k convolution (with bias, "same" padding) applied to a channels-last tensor.
 
     With `residual=True` it returns `x + conv(x)` as a single convolution: the identity is itself a depth-wise
-    convolution (a 1 at the centre tap), so it is added to the kernel, which saves a pass over the activations.
+    convolution (a 1 at the centre tap), so it is added to the kernel, which saves a pass over the activations. The
+    identity kernel is computed from constants (no in-place write into the weight, which would export as a scatter), so
+    exporters fold `weight + identity` into one constant kernel and quantisers see a plain convolution weight.
     """
 
     def __init__(self, channels: int, kernel_size: int, residual: bool = False) -> None:
@@ -55,9 +59,10 @@ class SegRetDepthwiseConv(nn.Conv2d):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if self.residual:
-            centre = self.kernel_size[0] // 2
-            weight = weight.clone()
-            weight[:, :, centre, centre] += 1
+            kernel_size = self.kernel_size[0]
+            taps = torch.arange(kernel_size * kernel_size, device=weight.device)
+            centre_tap = (taps == taps.numel() // 2).to(weight.dtype).view(1, 1, kernel_size, kernel_size)
+            weight = weight + centre_tap
         # (B, H, W, C) -> (B, C, H, W) is a view with channels-last strides, which the convolution keeps.
         output = F.conv2d(
             hidden_states.permute(0, 3, 1, 2), weight, self.bias, padding=self.padding, groups=self.groups
@@ -100,22 +105,31 @@ class SegRetEmbeddings(nn.Module):
         return hidden_states.permute(0, 2, 3, 1)  # (B, C, H/4, W/4) -> (B, H/4, W/4, C)
 
 
-def apply_rotary_position(hidden_states: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+def is_traced() -> bool:
+    """Whether the model is being captured as a graph: `torch.compile`, `torch.export` (and the ONNX exporter built on
+    it), or TorchScript tracing (`torch.jit.trace` and the legacy `torch.onnx.export(..., dynamo=False)`)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def apply_rotary_position(
+    hidden_states: torch.Tensor, rotation: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """RMT's rotation `x * cos + rot(x) * sin`, rot mapping each channel pair (x_2i, x_2i+1) to (-x_2i+1, x_2i).
 
-    `rotation` holds (cos, sin) of each channel pair's angle in its last dimension, in float32 (float64 for float64
-    models); half-precision inputs are rotated in float32 and rounded back. Both channels of a pair share one
-    angle, so in eager mode the rotation is the complex product (x_2i + i x_2i+1) * exp(i angle): one kernel
-    instead of five (and two in the backward pass instead of seven). Compilers and exporters (inductor, ONNX) have
-    no complex operators, so under `torch.compile` and `torch.export` the same product is written out in real
-    arithmetic; the two forms differ by float rounding only.
+    Both channels of a pair share one angle. In eager mode `rotation` holds (cos, sin) of each pair's angle in its
+    last dimension and the rotation is the complex product (x_2i + i x_2i+1) * exp(i angle): one kernel instead of
+    five (two in the backward pass instead of seven). Graph compilers and exporters (inductor, ONNX) have no complex
+    operators, so there `rotation` is the pair `(cos, cos)`, `(-sin, sin)` per channel pair and the product is
+    `pairs * cos + swapped_pairs * signed_sin`: four element-wise passes that the compilers fuse. Both forms are in
+    float32 (float64 for float64 models); half-precision inputs are rotated in float32 and rounded back. They differ
+    by float rounding only.
     """
-    pairs = hidden_states.to(rotation.dtype).unflatten(-1, (-1, 2))
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        even, odd = pairs.unbind(-1)
-        cos, sin = rotation.unbind(-1)
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    if isinstance(rotation, tuple):
+        cos, signed_sin = rotation
+        pairs = hidden_states.to(cos.dtype).unflatten(-1, (-1, 2))
+        rotated = pairs * cos + pairs.flip(-1) * signed_sin
     else:
+        pairs = hidden_states.to(rotation.dtype).unflatten(-1, (-1, 2))
         rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotation))
     return rotated.flatten(-2).to(hidden_states.dtype)
 
@@ -123,16 +137,23 @@ def apply_rotary_position(hidden_states: torch.Tensor, rotation: torch.Tensor) -
 class SegRetPositionTables(NamedTuple):
     """Everything the retention blocks of one stage need about token positions, for one input shape.
 
+    `rotation` is the complex-product table (H, W, 1, head_dim / 2, 2) of (cos, sin) in eager mode, and the pair of
+    real-arithmetic tables `(cos, signed_sin)`, each (H, W, 1, head_dim / 2, 2), in a traced graph
+    (`apply_rotary_position`).
+
     `decay_masks` are additive attention masks, each 4-D so that `scaled_dot_product_attention` takes its fused
     kernels (a 3-D mask sends the CPU to the unfused path):
     - "decomposed": the masks along columns (1, N, H, H) and along rows (1, N, W, W);
-    - "global": one mask (H, B*N, W, H*W): the queries of one image row (rows in reverse order) against all keys
-      in raster order. It is a strided view into a table of size B*N*W*(2H-1)*W, so the quadratic (N, H*W, H*W)
-      mask is never materialised (see `SegRetRelativePosition`).
+    - "global", `dense_global_mask=False` (eager SDPA): one mask (H, B*N, W, H*W): the queries of one image row (rows
+      in reverse order) against all keys in raster order. It is a strided view into a table of size B*N*W*(2H-1)*W,
+      so the quadratic (N, H*W, H*W) mask is never materialised (see `SegRetRelativePosition`);
+    - "global", `dense_global_mask=True` (traced graphs, explicit attention weights): the plain (1, N, H*W, H*W)
+      mask, the attention layout that ONNX's `Attention` operator and graph compilers take as it is.
     """
 
-    rotation: torch.Tensor  # (H, W, 1, head_dim / 2, 2): cos and sin of each token's angle per channel pair
+    rotation: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
     decay_masks: tuple[torch.Tensor, ...]
+    dense_global_mask: bool
 
 
 class SegRetRelativePosition(nn.Module):
@@ -147,7 +168,9 @@ class SegRetRelativePosition(nn.Module):
     The tables are computed at every stage call (once for all the stage's blocks) from the input's shape alone,
     with no size-dependent branch or cache, so `torch.export` and `torch.compile` see one graph for every input
     size. They are linear in the number of tokens: H*W angles per channel pair, and for the global mode a table of
-    B*N*W*(2H-1)*W decay values (2 MB for SegRet-Tiny's stage 3 at 512², 66 MB per image at 1024×2048).
+    B*N*W*(2H-1)*W decay values (2 MB for SegRet-Tiny's stage 3 at 512², 66 MB per image at 1024×2048). The dense
+    global mask that traced graphs and explicit attention weights take is quadratic: N*(H*W)^2 values (32 MiB for
+    Tiny's stage 3 at 512², 2 GiB at 1024×2048).
     """
 
     def __init__(self, head_dim: int, num_heads: int, init_value: float, head_range: float, mode: str) -> None:
@@ -175,20 +198,38 @@ class SegRetRelativePosition(nn.Module):
         return angle, decay
 
     def forward(
-        self, batch_size: int, height: int, width: int, dtype: torch.dtype, device: torch.device
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        dense_global_mask: bool = False,
+        real_rotation: bool = False,
     ) -> SegRetPositionTables:
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         angle, decay = (table.to(table_dtype) for table in self.base_tables(device))
 
         raster_index = torch.arange(height * width, dtype=table_dtype, device=device)
         phase = raster_index[:, None] * angle[None, 0::2]  # both channels of a pair share an angle
-        rotation = torch.stack((phase.cos(), phase.sin()), dim=-1).reshape(height, width, 1, self.head_dim // 2, 2)
+        pair_shape = (height, width, 1, self.head_dim // 2, 1)
+        cos, sin = phase.cos().reshape(pair_shape), phase.sin().reshape(pair_shape)
+        if real_rotation:
+            rotation = (torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1))
+        else:
+            rotation = torch.cat((cos, sin), dim=-1)
         decay = decay[:, None, None]
 
         if self.mode == "decomposed":
             decay_masks = tuple(
                 (self._distance_1d(length, table_dtype, device) * decay).to(dtype)[None] for length in (height, width)
             )  # (1, N, H, H) and (1, N, W, W)
+        elif dense_global_mask:
+            # Manhattan distance between raster positions p = (r, c) and q = (r', c'): |r - r'| + |c - c'|.
+            row_distance = self._distance_1d(height, table_dtype, device)[:, None, :, None]
+            column_distance = self._distance_1d(width, table_dtype, device)[None, :, None, :]
+            distance = (row_distance + column_distance).reshape(height * width, height * width)
+            decay_masks = ((distance * decay).to(dtype)[None],)  # (1, N, H*W, H*W)
         else:
             # Between query (r, c) and key (r', c') the mask only depends on |r - r'| and (c, c'): table[.., c, j, c']
             # holds it for |r - r'| = |j - (H - 1)|. Query row r = H - 1 - s needs j = s + r' (r' = 0 ... H-1): the
@@ -207,7 +248,7 @@ class SegRetRelativePosition(nn.Module):
                     (width, width * row_stride, row_stride, 1),
                 ),
             )  # (H, B*N, W, H*W)
-        return SegRetPositionTables(rotation, decay_masks)
+        return SegRetPositionTables(rotation, decay_masks, dense_global_mask)
 
     @staticmethod
     def _distance_1d(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -223,9 +264,15 @@ class SegRetRetention(nn.Module):
 
     "global" attends over all tokens with the 2-D Manhattan decay; "decomposed" attends along each row, then along
     each column of the row result, with 1-D decays. A depth-wise 5×5 convolution of the values (LePE) is added to
-    the output. Both modes run through one `scaled_dot_product_attention` call on 4-D tensors (the fused CPU/GPU
-    kernels), whatever the batch size and image size. RMT scales the keys before rotating them; since the rotation
-    is linear, the scale is passed to the attention call instead.
+    the output. RMT scales the keys before rotating them; since the rotation is linear, the scale is passed to the
+    attention instead.
+
+    By default both modes run through one `scaled_dot_product_attention` call on 4-D tensors (the fused CPU/GPU
+    kernels), whatever the batch size and image size; in a traced graph (dense global mask) global retention takes
+    the plain (B, N, H*W, d) layout, which ONNX exports as one `Attention` operator (opset 23). With
+    `explicit_attention` (attn_implementation "eager", or `output_attentions=True`) the weights are computed
+    explicitly, softmax of the scaled scores plus the decay mask, and returned: (B, N, H*W, H*W) for global retention,
+    and for decomposed retention the pair (weights along rows (B, H, N, W, W), weights along columns (B, W, N, H, H)).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, mode: str) -> None:
@@ -240,7 +287,20 @@ class SegRetRetention(nn.Module):
         self.lepe = SegRetDepthwiseConv(hidden_size, kernel_size=5)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, positions: SegRetPositionTables) -> torch.Tensor:
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, explicit: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(scaling * query @ key^T + mask) @ value, and the softmax weights when computed explicitly."""
+        if not explicit:
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scaling), None
+        scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling + mask
+        weights = scores.softmax(dim=-1)
+        return torch.matmul(weights, value), weights
+
+    def forward(
+        self, hidden_states: torch.Tensor, positions: SegRetPositionTables, explicit_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
+        """The retention output and, with `explicit_attention` (which needs a dense global mask), its weights."""
         batch_size, height, width, hidden_size = hidden_states.shape
         heads_shape = (batch_size, height, width, self.num_heads, self.head_dim)
 
@@ -250,10 +310,15 @@ class SegRetRetention(nn.Module):
         key = apply_rotary_position(self.k_proj(hidden_states).view(heads_shape), positions.rotation)
         value = value.view(heads_shape)
 
-        def attend(query, key, value, mask):
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scaling)
+        if self.mode == "global" and positions.dense_global_mask:
 
-        if self.mode == "global":
+            def to_heads(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B, N, H*W, d)
+                return states.reshape(batch_size, height * width, self.num_heads, self.head_dim).transpose(1, 2)
+
+            (mask,) = positions.decay_masks
+            output, weights = self.attend(to_heads(query), to_heads(key), to_heads(value), mask, explicit_attention)
+            output = output.transpose(1, 2).reshape(batch_size, height, width, hidden_size)
+        elif self.mode == "global":
             # Attention batch entries are the image rows (in reverse order, as the mask's windows), attention heads
             # are (image, head) pairs; every row attends to the same keys, an expanded view of one copy.
             def to_heads(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (1, B*N, H*W, d)
@@ -261,7 +326,10 @@ class SegRetRetention(nn.Module):
                 return states.expand(height, -1, -1, -1)
 
             query_rows = query.flip(1).permute(1, 0, 3, 2, 4).reshape(height, -1, width, self.head_dim)
-            output = attend(query_rows, to_heads(key), to_heads(value), positions.decay_masks[0])  # (H, B*N, W, d)
+            output = F.scaled_dot_product_attention(
+                query_rows, to_heads(key), to_heads(value), attn_mask=positions.decay_masks[0], scale=self.scaling
+            )  # (H, B*N, W, d)
+            weights = None
             # (H, B*N, W, d) -> (B, H, W, N*d), rows back in order
             output = output.unflatten(1, (batch_size, self.num_heads)).flip(0).permute(1, 0, 3, 2, 4)
             output = output.reshape(batch_size, height, width, hidden_size)
@@ -274,15 +342,25 @@ class SegRetRetention(nn.Module):
             def to_columns(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (B*W, N, H, d)
                 return states.permute(0, 2, 3, 1, 4).reshape(batch_size * width, self.num_heads, height, self.head_dim)
 
-            along_rows = attend(to_rows(query), to_rows(key), to_rows(value), width_mask)
+            along_rows, row_weights = self.attend(
+                to_rows(query), to_rows(key), to_rows(value), width_mask, explicit_attention
+            )
             # (B*H, N, W, d) -> (B, H, W, N, d), the values of the column pass
             along_rows = along_rows.view(batch_size, height, self.num_heads, width, self.head_dim).transpose(2, 3)
-            output = attend(to_columns(query), to_columns(key), to_columns(along_rows), height_mask)
+            output, column_weights = self.attend(
+                to_columns(query), to_columns(key), to_columns(along_rows), height_mask, explicit_attention
+            )
             # (B*W, N, H, d) -> (B, H, W, N*d)
             output = output.view(batch_size, width, self.num_heads, height, self.head_dim).permute(0, 3, 1, 2, 4)
             output = output.reshape(batch_size, height, width, hidden_size)
+            weights = None
+            if explicit_attention:
+                weights = (
+                    row_weights.unflatten(0, (batch_size, height)),  # (B, H, N, W, W)
+                    column_weights.unflatten(0, (batch_size, width)),  # (B, W, N, H, H)
+                )
 
-        return self.out_proj(output + local_enhancement)
+        return self.out_proj(output + local_enhancement), weights
 
 
 class SegRetFeedForward(nn.Module):
@@ -325,16 +403,21 @@ class SegRetLayer(GradientCheckpointingLayer):
             self.ffn_layer_scale = None
         self.drop_path = SegRetDropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor, positions: SegRetPositionTables) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, positions: SegRetPositionTables, explicit_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]:
+        """The block's output and its retention weights (None unless `explicit_attention`)."""
         hidden_states = self.position_encoding(hidden_states)  # hidden_states + DWConv(hidden_states)
-        retention_output = self.retention(self.retention_norm(hidden_states), positions)
+        retention_output, attention_weights = self.retention(
+            self.retention_norm(hidden_states), positions, explicit_attention
+        )
         if self.retention_layer_scale is not None:
             retention_output = self.retention_layer_scale * retention_output
         hidden_states = hidden_states + self.drop_path(retention_output)
         ffn_output = self.ffn(self.ffn_norm(hidden_states))
         if self.ffn_layer_scale is not None:
             ffn_output = self.ffn_layer_scale * ffn_output
-        return hidden_states + self.drop_path(ffn_output)
+        return hidden_states + self.drop_path(ffn_output), attention_weights
 
 
 class SegRetStage(nn.Module):
@@ -342,6 +425,7 @@ class SegRetStage(nn.Module):
 
     def __init__(self, config: SegRetConfig, stage_index: int, drop_path_rates: Sequence[float]) -> None:
         super().__init__()
+        self.config = config  # read at every call: `attn_implementation` can change after loading
         hidden_size = config.embed_dims[stage_index]
         num_heads = config.num_heads[stage_index]
         if stage_index > 0:
@@ -359,14 +443,30 @@ class SegRetStage(nn.Module):
         )
         self.blocks = nn.ModuleList(SegRetLayer(config, stage_index, rate) for rate in drop_path_rates)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], ...]]:
+        """The stage output and, with `output_attentions`, the retention weights of each block."""
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         batch_size, height, width, _ = hidden_states.shape
-        positions = self.relative_position(batch_size, height, width, hidden_states.dtype, hidden_states.device)
+        explicit_attention = output_attentions or self.config._attn_implementation == "eager"
+        traced = is_traced()
+        positions = self.relative_position(
+            batch_size,
+            height,
+            width,
+            hidden_states.dtype,
+            hidden_states.device,
+            dense_global_mask=explicit_attention or traced,
+            real_rotation=traced,
+        )
+        attentions = ()
         for block in self.blocks:
-            hidden_states = block(hidden_states, positions)
-        return hidden_states
+            hidden_states, attention_weights = block(hidden_states, positions, explicit_attention)
+            if output_attentions:
+                attentions += (attention_weights,)
+        return hidden_states, attentions
 
 
 class SegRetEncoder(nn.Module):
@@ -384,8 +484,11 @@ class SegRetEncoder(nn.Module):
         )
         self.output_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-5) for dim in config.embed_dims)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Returns the stem output and the normalised output of every stage, each (B, C, H, W)."""
+    def forward(
+        self, pixel_values: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], ...]]:
+        """The stem output and the normalised output of every stage, each (B, C, H, W), and with
+        `output_attentions` the retention weights of every block (`SegRetRetention`)."""
         if pixel_values.ndim != 4:
             raise ValueError(
                 f"pixel_values must be a 4-D tensor (batch, channels, height, width), got shape "
@@ -412,10 +515,12 @@ class SegRetEncoder(nn.Module):
         stem_map = hidden_states.permute(0, 3, 1, 2)
         hidden_states = stem_map.permute(0, 2, 3, 1)
         feature_maps = [stem_map]
+        attentions = ()
         for stage, output_norm in zip(self.stages, self.output_norms):
-            hidden_states = stage(hidden_states)
+            hidden_states, stage_attentions = stage(hidden_states, output_attentions)
             feature_maps.append(output_norm(hidden_states).permute(0, 3, 1, 2))
-        return tuple(feature_maps)
+            attentions += stage_attentions
+        return tuple(feature_maps), attentions
 
 
 class SegRetZeroInitConv(nn.Conv2d):
@@ -556,6 +661,9 @@ class SegRetPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["SegRetStage"]
+    # Retention runs through `scaled_dot_product_attention` ("sdpa", the default); "eager" computes its weights
+    # explicitly (`SegRetRetention`), which `output_attentions=True` returns.
+    _supports_sdpa = True
     # The loss is a per-batch mean that ignores `num_items_in_batch`: without this, `Trainer` infers from
     # `forward(**kwargs)` that the model averages over accumulation steps and skips its own division.
     accepts_loss_kwargs = False
@@ -588,6 +696,33 @@ class SegRetPreTrainedModel(PreTrainedModel):
             init.constant_(module.retention_layer_scale, self.config.layer_scale_init_value)
             init.constant_(module.ffn_layer_scale, self.config.layer_scale_init_value)
 
+    def output_options(
+        self, kwargs: dict, output_hidden_states: bool | None, output_attentions: bool | None
+    ) -> tuple[bool, bool]:
+        """The forward's output flags, the config's where not given, after checking that `kwargs` is empty.
+
+        `forward(**kwargs)` only keeps transformers' generic call signature: a name left in it (`label=` for
+        `labels=`) would otherwise vanish silently. `return_dict` is consumed before, by `can_return_tuple`.
+        """
+        if kwargs:
+            self.raise_unknown_arguments(kwargs)
+        return (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            self.config.output_attentions if output_attentions is None else output_attentions,
+        )
+
+    def raise_unknown_arguments(self, kwargs: dict) -> None:
+        accepted = [name for name in inspect.signature(self.forward).parameters if name != "kwargs"]
+        accepted.append("return_dict")
+        unknown = []
+        for name in kwargs:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            unknown.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(
+            f"{type(self).__name__}.forward() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts "
+            f"{', '.join(accepted)}."
+        )
+
 
 class SegRetModel(SegRetPreTrainedModel):
     """The bare RMT backbone; `last_hidden_state` is the normalised last stage map (B, C4, H/32, W/32)."""
@@ -599,26 +734,34 @@ class SegRetModel(SegRetPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs
-    ) -> BaseModelOutputWithNoAttention:
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Normalised images, e.g. from [`SegRetImageProcessor`]. Any height and width.
         output_hidden_states (`bool`, *optional*):
             Also return `hidden_states`: the stem output and the four normalised stage maps (strides 4, 4, 8, 16, 32).
+        output_attentions (`bool`, *optional*):
+            Also return `attentions`, the retention weights of every block, computed explicitly (as with
+            `attn_implementation="eager"`): for a global-retention block a tensor (B, N, h*w, h*w) over the stage's
+            h×w tokens in raster order, for a decomposed-retention block the pair (weights along rows (B, h, N, w, w),
+            weights along columns (B, w, N, h, h)); N is the block's number of heads.
         """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        feature_maps = self.encoder(pixel_values)
-        return BaseModelOutputWithNoAttention(
-            last_hidden_state=feature_maps[-1], hidden_states=feature_maps if output_hidden_states else None
+        output_hidden_states, output_attentions = self.output_options(kwargs, output_hidden_states, output_attentions)
+        feature_maps, attentions = self.encoder(pixel_values, output_attentions)
+        return BaseModelOutput(
+            last_hidden_state=feature_maps[-1],
+            hidden_states=feature_maps if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
         )
 
 
 class SegRetBackbone(BackboneMixin, SegRetPreTrainedModel):
     """RMT backbone for other frameworks (e.g. UperNet): returns the maps of `config.out_features`."""
-
-    has_attentions = False
 
     def __init__(self, config: SegRetConfig) -> None:
         super().__init__(config)
@@ -627,19 +770,27 @@ class SegRetBackbone(BackboneMixin, SegRetPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs) -> BackboneOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Normalised images.
         output_hidden_states (`bool`, *optional*):
             Also return all five maps of `stage_names` as `hidden_states`.
+        output_attentions (`bool`, *optional*):
+            Also return the retention weights of every block as `attentions` (shapes: [`SegRetModel`]).
         """
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        all_maps = self.encoder(pixel_values)
+        output_hidden_states, output_attentions = self.output_options(kwargs, output_hidden_states, output_attentions)
+        all_maps, attentions = self.encoder(pixel_values, output_attentions)
         return BackboneOutput(
             feature_maps=tuple(all_maps[index] for index in self.out_indices),
             hidden_states=all_maps if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
         )
 
 
@@ -658,6 +809,7 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SemanticSegmenterOutput:
@@ -669,6 +821,8 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
             input's): the logits are resized bilinearly to it before the cross-entropy.
         output_hidden_states (`bool`, *optional*):
             Also return the backbone's `hidden_states` (stem output and the four normalised stage maps).
+        output_attentions (`bool`, *optional*):
+            Also return the retention weights of every block as `attentions` (shapes: [`SegRetModel`]).
         pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             For images padded at the bottom and right to one size (`SegRetImageProcessor(do_pad=True)`): 1 on each
             image's pixels, 0 on its padding. Each image then runs at its own size (images of equal size together)
@@ -683,23 +837,28 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
         >>> model(torch.randn(1, 3, 512, 512)).logits.shape
         torch.Size([1, 150, 128, 128])
         ```"""
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        output_hidden_states, output_attentions = self.output_options(kwargs, output_hidden_states, output_attentions)
         if pixel_mask is not None and not bool(pixel_mask.all()):
-            if labels is not None or output_hidden_states:
+            if labels is not None or output_hidden_states or output_attentions:
                 raise ValueError(
-                    "A pixel_mask with padding is for inference: pass labels and output_hidden_states=True only with "
-                    "unpadded images (SegRetImageProcessor(do_pad=False)) or a mask of ones."
+                    "A pixel_mask with padding is for inference: pass labels, output_hidden_states=True and "
+                    "output_attentions=True only with unpadded images (SegRetImageProcessor(do_pad=False)) or a mask "
+                    "of ones."
                 )
             return SemanticSegmenterOutput(logits=self.padded_batch_logits(pixel_values, pixel_mask))
-        outputs = self.segret(pixel_values, output_hidden_states=True, return_dict=True)
+        outputs = self.segret(
+            pixel_values, output_hidden_states=True, output_attentions=output_attentions, return_dict=True
+        )
         logits = self.decode_head(outputs.hidden_states[1:])  # channels-last memory, as the convolutions leave it
         loss = self.compute_loss(logits, labels) if labels is not None else None
         # Channels-first memory for the caller: post-processing, exports and users index the logits by class plane
         # (one copy of the logits, cheaper than every later operation on strided class planes).
         logits = logits.contiguous()
         return SemanticSegmenterOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
         )
 
     def padded_batch_logits(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_segret import complexity, convert_rmt_checkpoint
+from modeling_segret import complexity, convert_rmt_checkpoint, export
 from training import check_hub_folder, data, evaluation, model_card, publish, train
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -71,6 +71,7 @@ TOOLS = {
     "training/check_hub_folder.py": check_hub_folder.main,
     "modeling_segret/convert_rmt_checkpoint.py": convert_rmt_checkpoint.main,
     "modeling_segret/complexity.py": complexity.main,
+    "modeling_segret/export.py": export.main,
 }
 
 

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_config
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from compat_matrix import TEST_VERSIONS, ensure_venv, run_probe, save_reference  # noqa: E402
-from conftest import small_config  # noqa: E402
-
-import modeling_segret  # noqa: E402
-from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor  # noqa: E402
+import modeling_segret
+from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor
+from scripts.compat_matrix import TEST_VERSIONS, ensure_venv, run_probe, save_reference
 
 OLDEST = TEST_VERSIONS[0]
 # The checks a user relies on; AutoBackbone from a local folder is the exception (docs/compatibility.md), tested

@@ -4,6 +4,7 @@ export command's verification (including an artefact whose weights were changed 
 import importlib.util
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -53,22 +54,36 @@ def test_exported_program_with_dynamic_shapes_equals_eager(model_class):
             torch.testing.assert_close(value, reference, rtol=0, atol=1e-5)
 
 
-def test_real_rotation_equals_the_complex_product(monkeypatch):
+def test_real_rotation_equals_the_complex_product():
     """The real-arithmetic rotation (compile/export) equals the complex one (eager) to float rounding."""
     position = SegRetForSemanticSegmentation(tiny_config()).segret.encoder.stages[0].relative_position
     for dtype, tolerance in [(torch.float32, 1e-6), (torch.float64, 1e-14)]:
         rotation = position(1, 12, 20, dtype, torch.device("cpu")).rotation
+        real_rotation = position(1, 12, 20, dtype, torch.device("cpu"), real_rotation=True).rotation
+        assert isinstance(real_rotation, tuple) and not isinstance(rotation, tuple)
         states = torch.randn(2, 12, 20, position.num_heads, position.head_dim, dtype=dtype)
         complex_product = apply_rotary_position(states, rotation)
-        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-        real_arithmetic = apply_rotary_position(states, rotation)
-        monkeypatch.undo()
+        real_arithmetic = apply_rotary_position(states, real_rotation)
         torch.testing.assert_close(real_arithmetic, complex_product, rtol=0, atol=tolerance)
         # and both are RMT's x * cos + rot(x) * sin
         angle = torch.atan2(rotation[..., 1], rotation[..., 0]).repeat_interleave(2, dim=-1)
         rotated_pairs = torch.stack([-states[..., 1::2], states[..., 0::2]], dim=-1).flatten(-2)
         expected = states * angle.cos() + rotated_pairs * angle.sin()
         torch.testing.assert_close(complex_product, expected, rtol=0, atol=10 * tolerance)
+
+
+def test_dense_global_mask_equals_the_strided_one():
+    """The traced graphs' dense (1, N, H*W, H*W) global mask holds the values of eager's strided row windows."""
+    position = SegRetForSemanticSegmentation(tiny_config()).segret.encoder.stages[2].relative_position
+    assert position.mode == "global"
+    height, width = 5, 7
+    (strided,) = position(2, height, width, torch.float64, torch.device("cpu")).decay_masks  # (H, B*N, W, H*W)
+    (dense,) = position(2, height, width, torch.float64, torch.device("cpu"), dense_global_mask=True).decay_masks
+    assert dense.shape == (1, position.num_heads, height * width, height * width)
+    # strided[s, b*N + n, c, key] is query row H-1-s, column c, of image b
+    by_query = strided.flip(0).unflatten(1, (2, position.num_heads)).permute(1, 2, 0, 3, 4)  # (B, N, H, W, H*W)
+    for image in range(2):
+        torch.testing.assert_close(by_query[image].reshape(dense.shape[1:]), dense[0], rtol=0, atol=0)
 
 
 def complex_values_in_compiled_graph(model, pixel_values) -> list[str]:
@@ -160,7 +175,7 @@ def test_command_rejects_a_tampered_onnx_file(saved_model, onnx_file, tmp_path, 
     initializer.CopyFrom(numpy_helper.from_array(changed, initializer.name))
     tampered = tmp_path / "tampered.onnx"
     onnx.save(model, tampered)
-    assert export_command.main(command(saved_model, "onnx", tampered, "--verify-only")) == 1
+    assert export_command.main(command(saved_model, "onnx", tampered, "--verify_only")) == 1
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -178,7 +193,7 @@ def test_command_exports_a_program_and_rejects_it_once_tampered(saved_model, tmp
     torch.export.save(program, tampered)
     reloaded_weight = torch.export.load(tampered).state_dict[name]
     assert not torch.equal(reloaded_weight, torch.export.load(output).state_dict[name])  # the change was written
-    assert export_command.main(command(saved_model, "exported-program", tampered, "--verify-only")) == 1
+    assert export_command.main(command(saved_model, "exported-program", tampered, "--verify_only")) == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "| NO |" in out
 
@@ -191,7 +206,7 @@ def test_command_errors_name_the_problem(saved_model, tmp_path, capsys, monkeypa
     assert export_command.main(command(tmp_path / "not-a-model", "exported-program", tmp_path / "m.pt2")) == 2
     assert "could not load a SegRet model from" in capsys.readouterr().err
 
-    assert export_command.main(command(saved_model, "exported-program", tmp_path / "absent.pt2", "--verify-only")) == 2
+    assert export_command.main(command(saved_model, "exported-program", tmp_path / "absent.pt2", "--verify_only")) == 2
     assert "absent.pt2 does not exist" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
@@ -219,3 +234,90 @@ def test_command_module_imports_without_the_onnx_extra():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "python -m modeling_segret.export" in result.stdout
+
+
+@pytest.mark.slow
+def test_onnx_graph_folds_constants_and_runs_retention_as_attention(onnx_file):
+    """Opset 23: every retention call is one `Attention` node (no explicit Softmax); no scatter on the hot path;
+    every convolution weight is an initializer (the depth-wise identity and the folded decoder were folded), which
+    onnxruntime's quantisers require."""
+    import onnx
+
+    graph = onnx.load(onnx_file).graph
+    operators = Counter(node.op_type for node in graph.node)
+    config = tiny_config()
+    retention_calls = sum(
+        depth * (2 if mode == "decomposed" else 1) for depth, mode in zip(config.depths, config.retention_modes)
+    )
+    assert operators["Attention"] == retention_calls
+    assert not {"Softmax", "ScatterElements", "ScatterND", "Scatter"} & set(operators)
+    initializers = {tensor.name for tensor in graph.initializer}
+    conv_weights = [node.input[1] for node in graph.node if node.op_type == "Conv"]
+    assert conv_weights and all(name in initializers for name in conv_weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("export_format", "options", "suffix"),
+    [
+        ("onnx", ["--quantize", "dynamic"], "onnx"),
+        ("onnx", ["--quantize", "static"], "onnx"),
+        ("onnx", ["--precision", "float16"], "onnx"),
+        ("openvino", [], "xml"),
+    ],
+)
+def test_command_writes_quantised_float16_and_openvino_artefacts(
+    saved_model, tmp_path, capsys, export_format, options, suffix
+):
+    """Each variant is written, reloaded and verified by argmax agreement (float32 OpenVINO by the float tolerance)."""
+    if not HAS_ONNX or (export_format == "openvino" and importlib.util.find_spec("openvino") is None):
+        pytest.skip(f"the packages for --format {export_format} are not installed")
+    output = tmp_path / f"segret.{suffix}"
+    assert export_command.main(command(saved_model, export_format, output, *options)) == 0
+    assert "OK:" in capsys.readouterr().out
+
+
+def test_command_rejects_options_that_do_not_apply(saved_model, tmp_path, capsys):
+    cases = [
+        (["--quantize", "dynamic"], "exported-program", "--quantize applies to --format onnx"),
+        (["--precision", "float16"], "exported-program", "--precision float16 applies to --format onnx and openvino"),
+        (["--quantize", "static", "--precision", "float16"], "onnx", "exclude each other"),
+        (["--calibration_images", str(tmp_path)], "onnx", "--calibration_images is for --quantize static"),
+    ]
+    for options, export_format, message in cases:
+        if export_format == "onnx" and not HAS_ONNX:
+            continue
+        assert export_command.main(command(saved_model, export_format, tmp_path / "m.out", *options)) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_legacy_onnx_exporter_and_jit_trace_give_working_models(tmp_path):
+    """The TorchScript-based paths users may still call: `torch.onnx.export(..., dynamo=False)` with dynamic axes,
+    and `torch.jit.trace`, both equal to eager at a size other than the traced one."""
+    if not HAS_ONNX:
+        pytest.skip("onnxruntime is not installed")
+    import onnxruntime
+
+    model = trained_like(SegRetForSemanticSegmentation(tiny_config())).eval()
+    wrapped = export_command.SegRetLogits(model).eval()
+    example = torch.randn(1, 3, 96, 128)
+    path = tmp_path / "legacy.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}},
+        )
+        traced = torch.jit.trace(wrapped, (example,))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for shape in [(1, 3, 96, 128), (2, 3, 64, 160)]:
+            pixel_values = torch.randn(*shape)
+            expected = model(pixel_values).logits
+            legacy = torch.from_numpy(session.run(None, {"pixel_values": pixel_values.numpy()})[0])
+            torch.testing.assert_close(legacy, expected, rtol=0, atol=1e-4)
+            torch.testing.assert_close(traced(pixel_values), expected, rtol=0, atol=1e-5)

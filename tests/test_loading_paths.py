@@ -115,8 +115,7 @@ def test_no_loading_path_asks_and_the_flag_builds_segret_pipeline(folder, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("version", ["4.57.6", "5.1.0"])
 def test_no_loading_path_asks_on_older_transformers(version, folder, tmp_path):
-    sys.path.insert(0, str(REPOSITORY / "scripts"))
-    from compat_matrix import ensure_venv
+    from scripts.compat_matrix import ensure_venv
 
     reports = run_probes(str(ensure_venv(version)), folder, tmp_path)
     assert reports["package"]["transformers"] == reports["remote"]["transformers"] == version

@@ -217,7 +217,7 @@ def test_batch_equals_items_run_one_by_one(config):
 @pytest.mark.slow
 def test_torch_compile_runs_and_matches_eager(config):
     # dynamic=False, as docs/deployment.md says: with dynamic shapes (also torch.compile's automatic ones after a second
-    # size) inductor 2.13 fails to lower the global retention's attention; static shapes recompile per size.
+    # size) inductor 2.13 fails to lower the convolutions (ValueRangeError); static shapes recompile per size.
     model = SegRetForSemanticSegmentation(config).eval()
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     for height, width in [(64, 64), (64, 96)]:
@@ -264,3 +264,94 @@ def test_invalid_config_values_raise(overrides, message):
 def test_config_type_errors_are_caught():
     with pytest.raises(Exception, match="depths"):
         SegRetConfig(depths="2,2,8,2")
+
+
+# ------------------------------------------------------------------- attention options (attn_implementation, weights)
+
+
+def test_sdpa_is_the_default_and_eager_loads_on_request(config, tmp_path):
+    model = SegRetForSemanticSegmentation(config).eval()
+    assert model.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path)
+    for implementation in ("sdpa", "eager"):
+        loaded = SegRetForSemanticSegmentation.from_pretrained(tmp_path, attn_implementation=implementation)
+        assert loaded.config._attn_implementation == implementation
+    assert SegRetForSemanticSegmentation.from_pretrained(tmp_path).config._attn_implementation == "sdpa"
+
+
+def test_eager_attention_equals_sdpa_and_returns_the_weights(config):
+    """In float64 the explicit path (softmax of the scores plus the decay mask) gives SDPA's logits; with
+    output_attentions=True it returns one entry per block, shaped as documented, rows summing to one."""
+    torch.manual_seed(0)
+    model = SegRetForSemanticSegmentation(config).double().eval()
+    eager = copy.deepcopy(model)
+    eager.config._attn_implementation = "eager"
+    pixel_values = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        torch.testing.assert_close(eager(pixel_values).logits, expected, rtol=0, atol=1e-10)
+        outputs = model(pixel_values, output_attentions=True)
+    torch.testing.assert_close(outputs.logits, expected, rtol=0, atol=1e-10)
+    assert model(pixel_values).attentions is None
+
+    # small_config: stages of 16×24, 8×12, 4×6, 2×3 tokens; decomposed, decomposed, global, global; 2, 2, 4, 4 heads
+    expected_shapes = []
+    for (height, width), heads, mode, depth in zip(
+        [(16, 24), (8, 12), (4, 6), (2, 3)], config.num_heads, config.retention_modes, config.depths
+    ):
+        if mode == "global":
+            shape = (2, heads, height * width, height * width)
+        else:
+            shape = ((2, height, heads, width, width), (2, width, heads, height, height))
+        expected_shapes += [shape] * depth
+    shapes = [
+        tuple(weights.shape) if torch.is_tensor(weights) else tuple(tuple(w.shape) for w in weights)
+        for weights in outputs.attentions
+    ]
+    assert shapes == expected_shapes
+    for weights in outputs.attentions:
+        for tensor in (weights,) if torch.is_tensor(weights) else weights:
+            torch.testing.assert_close(tensor.sum(-1), torch.ones_like(tensor.sum(-1)), rtol=0, atol=1e-12)
+
+    backbone_outputs = model.segret(pixel_values, output_attentions=True)
+    assert len(backbone_outputs.attentions) == sum(config.depths)
+    backbone = SegRetBackbone(config).eval()
+    assert len(backbone(pixel_values.float(), output_attentions=True).attentions) == sum(config.depths)
+
+
+def test_attention_weights_are_the_manhattan_decay_when_queries_and_keys_vanish(config):
+    """With zero query and key projections every score is 0, so a global block's weights are softmax over keys of
+    the decay mask: log(gamma_n) * (|r - r'| + |c - c'|) with gamma_n = 1 - 2^(-init - range * n / N)."""
+    model = SegRetForSemanticSegmentation(config).double().eval()
+    stage_index = config.retention_modes.index("global")
+    block = model.segret.encoder.stages[stage_index].blocks[0]
+    with torch.no_grad():
+        for projection in (block.retention.q_proj, block.retention.k_proj):
+            projection.weight.zero_()
+            projection.bias.zero_()
+        weights = model(torch.randn(1, 3, 64, 96, dtype=torch.float64), output_attentions=True).attentions
+    height, width = 64 // 2 ** (stage_index + 2), 96 // 2 ** (stage_index + 2)
+    rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    rows, columns = rows.flatten().double(), columns.flatten().double()
+    distance = (rows[:, None] - rows[None, :]).abs() + (columns[:, None] - columns[None, :]).abs()
+    num_heads = config.num_heads[stage_index]
+    heads = torch.arange(num_heads, dtype=torch.float64)
+    exponent = -config.decay_init_values[stage_index] - config.decay_head_ranges[stage_index] * heads / num_heads
+    log_gamma = torch.log(1 - 2**exponent)
+    expected = (log_gamma[:, None, None] * distance).softmax(-1)
+    global_entry = sum(config.depths[:stage_index])
+    torch.testing.assert_close(weights[global_entry][0], expected, rtol=0, atol=1e-6)  # base tables are float32
+
+
+@pytest.mark.parametrize("model_class", [SegRetForSemanticSegmentation, SegRetModel, SegRetBackbone])
+def test_unknown_forward_arguments_raise_a_type_error_naming_them(config, model_class):
+    model = model_class(config).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with pytest.raises(TypeError, match=r"'label'.*, 'output_attention' \(did you mean 'output_attentions'\?\)"):
+        model(pixel_values, label=torch.zeros(1, 32, 32, dtype=torch.long), output_attention=True)
+    if model_class is SegRetForSemanticSegmentation:
+        with pytest.raises(TypeError, match=r"'label' \(did you mean 'labels'\?\)"):
+            model(pixel_values, label=torch.zeros(1, 32, 32, dtype=torch.long))
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        model(pixel_values, colour="red")
+    assert isinstance(model(pixel_values, return_dict=False), tuple)  # transformers' own keyword still works

@@ -326,7 +326,8 @@ def test_benchmark_pipeline_parts_run(tmp_path):
         [*command, "--output", str(output)], cwd=REPOSITORY, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| SegRet-Tiny pipeline (default keep-ratio processor, short side 512) |" in result.stdout
+    for heads in ("10 winning classes", "random heads"):  # both head settings at the small size
+        assert f"| SegRet-Tiny pipeline (default keep-ratio processor, short side 512), {heads} |" in result.stdout
     assert (
         "- now: SegRetImageProcessor.post_process_semantic_segmentation, post-processing one 600×400" in result.stdout
     )
