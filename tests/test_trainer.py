@@ -57,20 +57,21 @@ def train_and_log(output_dir, batch_size: int, accumulation_steps: int) -> list[
     return logs
 
 
-@pytest.mark.parametrize("declared", [True, False], ids=["accepts_loss_kwargs=False", "attribute removed"])
-def test_accumulated_batches_log_the_larger_batch_loss_and_grad_norm(tmp_path, monkeypatch, declared):
+def test_accumulated_batches_log_the_larger_batch_loss_and_grad_norm(tmp_path):
     """Batch 4 × accumulation 1 and batch 2 × accumulation 2: the same loss and gradient norm at both steps (the
-    second step also checks the update). Without the class attribute, `Trainer` skips its division by the
-    accumulation steps because `forward` takes `**kwargs`: both come out doubled, as reported."""
-    if not declared:
-        monkeypatch.delattr(SegRetPreTrainedModel, "accepts_loss_kwargs")
+    second step also checks the update). `accepts_loss_kwargs = False` tells `Trainer` that the loss is a per-batch
+    mean, so it divides by the accumulation steps itself."""
     large_batch = train_and_log(tmp_path / "large", batch_size=4, accumulation_steps=1)
     accumulated = train_and_log(tmp_path / "accumulated", batch_size=2, accumulation_steps=2)
-    if declared:
-        for large, small in zip(large_batch, accumulated):
-            assert small["loss"] == pytest.approx(large["loss"], rel=1e-5)
-            assert small["grad_norm"] == pytest.approx(large["grad_norm"], rel=1e-5)
-    else:
-        # The bug as reported, at the first step (a doubled gradient changes the second step's parameters).
-        assert accumulated[0]["loss"] == pytest.approx(2 * large_batch[0]["loss"], rel=1e-5)
-        assert accumulated[0]["grad_norm"] == pytest.approx(2 * large_batch[0]["grad_norm"], rel=1e-5)
+    for large, small in zip(large_batch, accumulated):
+        assert small["loss"] == pytest.approx(large["loss"], rel=1e-5)
+        assert small["grad_norm"] == pytest.approx(large["grad_norm"], rel=1e-5)
+
+
+def test_without_the_declaration_trainer_fails_loudly_instead_of_doubling_the_loss(tmp_path, monkeypatch):
+    """Without the class attribute, `Trainer` infers from `forward(**kwargs)` that the model takes
+    `num_items_in_batch` and skips its division by the accumulation steps (loss and gradient would come out
+    doubled). The forward refuses the unknown argument by name, so the mistake cannot pass silently."""
+    monkeypatch.delattr(SegRetPreTrainedModel, "accepts_loss_kwargs")
+    with pytest.raises(TypeError, match="num_items_in_batch"):
+        train_and_log(tmp_path / "accumulated", batch_size=2, accumulation_steps=2)
