@@ -46,6 +46,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -955,6 +956,7 @@ def part_data(args, matmul) -> list[Row]:
         row.extra["load"] = (load_before, os.getloadavg()[0])
         rows.append(row)
         print(format_table(rows[-1:]), file=sys.stderr, flush=True)
+    shutil.rmtree(folder)
     return rows
 
 
