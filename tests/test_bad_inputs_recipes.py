@@ -6,6 +6,7 @@ right rather than errors: negative numbers on the command line, symlinked datase
 the validation set, and how a training checkpoint is turned into a model that loads.
 """
 
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from test_bad_inputs import _generic_dataset, _generic_run, _png
 
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, segret_variant_config
 from training import evaluation, train
-from training.data import DataError, build_dataset, get_preset
+from training.data import DataError, UnlabelledBatchCheck, build_dataset, get_preset
 from training.publish import PublishError, read_source
 from training.recipe import parse_arguments
 
@@ -106,12 +107,15 @@ def _evaluate_an_unfinished_run(tmp_path):
 
 
 def _unlabelled_training_set(tmp_path):
+    """Refused after 2 batches here (10 in a real run: `test_unlabelled_batches_are_counted_in_a_row`)."""
     ignored = _generic_dataset(4, values=(255,))
     datasets.DatasetDict({"train": ignored, "validation": _generic_dataset(2)}).save_to_disk(str(tmp_path / "data"))
-    try:
-        train.main(_generic_run(tmp_path / "data", tmp_path / "run", "--max_steps", "50"))
-    finally:  # refused after the first batches, not after 50 steps of loss 0
-        assert not (tmp_path / "run" / "model.safetensors").exists()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "UnlabelledBatchCheck", functools.partial(UnlabelledBatchCheck, limit=2))
+        try:
+            train.main(_generic_run(tmp_path / "data", tmp_path / "run", "--max_steps", "50"))
+        finally:  # refused at once, not after 50 steps of loss 0
+            assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 # (id, action on a fresh tmp_path, exception, message fragment)
@@ -194,7 +198,8 @@ BAD_RECIPES_AND_DATA = [
         "every training mask all ignore",
         _unlabelled_training_set,
         DataError,
-        "10 consecutive training batches have no labelled pixel (every label is the ignore index 255), rows ",
+        "split 'train': 2 consecutive training batches have no labelled pixel (every label is the ignore index "
+        "255), rows ",
     ),
 ]
 
@@ -217,6 +222,21 @@ def test_recipe_values_are_read_as_on_the_command_line(tmp_path):
     _, data_args, args = parse_arguments([str(tmp_path / "recipe.yaml"), "--weight_decay", "-0", "--seed", "-2"])
     assert data_args.num_labels == 4 and args.learning_rate == 1e-3
     assert args.weight_decay == 0 and args.seed == -2  # negative numbers are values, not options
+
+
+def test_unlabelled_batches_are_counted_in_a_row():
+    """One batch without a labelled pixel (a crop of an unlabelled region) is normal: only `limit` in a row fail,
+    naming the rows of those batches."""
+    check = UnlabelledBatchCheck("my_data, split 'train'", limit=3)
+    ignored, labelled = torch.full((2, 4, 4), 255), torch.full((2, 4, 4), 255)
+    labelled[1, 2, 3] = 0
+    for batch in range(6):  # 2 unlabelled, 1 labelled, repeated: never 3 in a row
+        check.update(labelled if batch % 3 == 2 else ignored, torch.tensor([2 * batch, 2 * batch + 1]))
+    check.update(ignored, torch.tensor([20, 21]))
+    check.update(ignored, torch.tensor([22, 23]))
+    with pytest.raises(DataError, match=r"my_data, split 'train': 3 consecutive .* rows 20, 21, 22, 23, 24, 25;"):
+        check.update(ignored, torch.tensor([24, 25]))
+    assert UnlabelledBatchCheck("x").limit == 10  # a real run's
 
 
 def test_failed_evaluation_gives_its_claim_back(tmp_path):
@@ -296,7 +316,7 @@ def test_classes_without_pixels_are_null_and_named(tmp_path, caplog):
     datasets.DatasetDict({"validation": _generic_dataset(2, values=(0, 1))}).save_to_disk(str(tmp_path / "some"))
     datasets.DatasetDict({"validation": _generic_dataset(2, values=(255,))}).save_to_disk(str(tmp_path / "none"))
     with caplog.at_level(logging.WARNING):
-        _evaluate(tmp_path, data=tmp_path / "some")
+        _evaluate(tmp_path, "--test_scale", "32", "24", data=tmp_path / "some")
     results = _strict_json(tmp_path / "eval" / "eval_results.json")
     per_class = {row["id"]: row for row in results["per_class"]}
     assert per_class[2]["accuracy"] is None and per_class[0]["accuracy"] is not None
@@ -307,13 +327,14 @@ def test_classes_without_pixels_are_null_and_named(tmp_path, caplog):
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _evaluate(tmp_path, "--overwrite_output_dir", data=tmp_path / "none")
+        _evaluate(tmp_path, "--overwrite_output_dir", "--test_scale", "32", "24", data=tmp_path / "none")
     results = _strict_json(tmp_path / "eval" / "eval_results.json")
     assert results["mIoU"] is None and results["mean_iou"] is None and results["aAcc"] is None
     assert all(row["accuracy"] is None for row in results["per_class"])
     assert "No evaluated pixel is labelled" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_the_runs_config_loads_as_its_model(tmp_path):
     """The advice for evaluating a checkpoint (copy the run's config.json into it) gives the checkpoint's weights:
     at the last step they are the final model's."""
