@@ -57,6 +57,7 @@ from training.data import (
 )
 from training.metrics import SegmentationMetric, format_table
 from training.presets import IGNORE_INDEX, DataError, DatasetPreset, preset_for_variant
+from training.run_folder import read_json
 from training.transforms import MEAN, STD, EvalTransform, denormalize
 
 MODES = ("ss", "slide", "ms")
@@ -189,7 +190,7 @@ def claim_output_dir(output_dir: str | Path, overwrite: bool) -> Path | None:
     try:
         descriptor = os.open(results, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        holder = _read_json(results).get("in_progress")
+        holder = read_json(results).get("in_progress")
         what = (
             f"is claimed by an evaluation under way (or killed): {holder}"
             if holder
@@ -203,14 +204,6 @@ def claim_output_dir(output_dir: str | Path, overwrite: bool) -> Path | None:
     with os.fdopen(descriptor, "w") as handle:
         json.dump(claim, handle)
     return results
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def write_results(output_dir: str | Path, results: dict[str, Any]) -> Path:
