@@ -62,7 +62,8 @@ def _evaluate(tmp_path, *extra: str, model=None, data=None) -> dict:
     argv = [
         "--model", str(model or tmp_path / "model"), "--dataset", "generic", "--num_labels", "3",
         "--dataset_path", str(data or tmp_path / "no_such_data"), "--split", "validation",
-        "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--num_overlays", "0", *extra,
+        "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--num_overlays", "0",
+        "--test_scale", "32", "24", *extra,
     ]  # fmt: skip
     return evaluation.run_evaluation(evaluation.parse_args(argv))
 
@@ -316,7 +317,7 @@ def test_classes_without_pixels_are_null_and_named(tmp_path, caplog):
     datasets.DatasetDict({"validation": _generic_dataset(2, values=(0, 1))}).save_to_disk(str(tmp_path / "some"))
     datasets.DatasetDict({"validation": _generic_dataset(2, values=(255,))}).save_to_disk(str(tmp_path / "none"))
     with caplog.at_level(logging.WARNING):
-        _evaluate(tmp_path, "--test_scale", "32", "24", data=tmp_path / "some")
+        _evaluate(tmp_path, data=tmp_path / "some")
     results = _strict_json(tmp_path / "eval" / "eval_results.json")
     per_class = {row["id"]: row for row in results["per_class"]}
     assert per_class[2]["accuracy"] is None and per_class[0]["accuracy"] is not None
@@ -327,7 +328,7 @@ def test_classes_without_pixels_are_null_and_named(tmp_path, caplog):
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _evaluate(tmp_path, "--overwrite_output_dir", "--test_scale", "32", "24", data=tmp_path / "none")
+        _evaluate(tmp_path, "--overwrite_output_dir", data=tmp_path / "none")
     results = _strict_json(tmp_path / "eval" / "eval_results.json")
     assert results["mIoU"] is None and results["mean_iou"] is None and results["aAcc"] is None
     assert all(row["accuracy"] is None for row in results["per_class"])
