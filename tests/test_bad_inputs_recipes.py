@@ -11,6 +11,9 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -249,6 +252,23 @@ def test_failed_evaluation_gives_its_claim_back(tmp_path):
         _evaluate(tmp_path, data=tmp_path / "bad")
     assert not (tmp_path / "eval" / "eval_results.json").exists()
     assert evaluation.claim_output_dir(tmp_path / "eval", overwrite=False).is_file()
+
+
+def test_claim_of_a_killed_evaluation_is_taken_over(tmp_path, caplog):
+    """A claim left by an evaluation that was killed (its process no longer runs on this host) does not block the
+    folder: it is taken over with a warning naming it. A claim from another host is left alone."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    results = tmp_path / "eval" / "eval_results.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps({"in_progress": {"host": socket.gethostname(), "pid": dead_pid}}))
+    with caplog.at_level(logging.WARNING):
+        assert evaluation.claim_output_dir(tmp_path / "eval", overwrite=False) == results
+    assert f"'pid': {dead_pid}" in caplog.text and "no longer running" in caplog.text
+    assert json.loads(results.read_text())["in_progress"]["pid"] == os.getpid()
+    results.write_text(json.dumps({"in_progress": {"host": "another-host", "pid": dead_pid}}))
+    with pytest.raises(evaluation.UsageError, match="another-host"):
+        evaluation.claim_output_dir(tmp_path / "eval", overwrite=False)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -57,7 +57,7 @@ from training.data import (
 )
 from training.metrics import SegmentationMetric, format_table
 from training.presets import IGNORE_INDEX, DataError, DatasetPreset, preset_for_variant
-from training.run_folder import read_json
+from training.run_folder import process_alive, read_json
 from training.transforms import MEAN, STD, EvalTransform, denormalize
 
 MODES = ("ss", "slide", "ms")
@@ -187,6 +187,10 @@ def claim_output_dir(output_dir: str | Path, overwrite: bool) -> Path | None:
     if overwrite:
         return None
     claim = {"in_progress": {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%c")}}
+    holder = read_json(results).get("in_progress")
+    if isinstance(holder, dict) and holder.get("host") == socket.gethostname() and not process_alive(holder.get("pid")):
+        logger.warning(f"Taking over {results}: the evaluation that claimed it ({holder}) is no longer running")
+        results.unlink(missing_ok=True)
     try:
         descriptor = os.open(results, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
