@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,21 @@ def _pick_split(available: Sequence[str], split: str, source: str) -> str:
     raise DataError(f"split {split!r} not found in {source}; available splits: {sorted(available)}")
 
 
+def _files_under(root: Path) -> list[Path]:
+    """The files below `root`, sorted, following symlinked folders and files (a dataset assembled from links);
+    a folder reached again through a link (a cycle, or two links to one folder) is listed once."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()  # its files are listed already; do not descend again
+            continue
+        seen.add(real)
+        subfolders.sort()  # the first of two links to one folder is the one listed
+        found.extend(Path(folder) / name for name in files)
+    return sorted(found)
+
+
 def _find_folder_pairs(root: Path, split: str, preset: DatasetPreset) -> datasets.Dataset | None:
     """Paired image/label folders (``<image_dir>/<split>/**`` and ``<label_dir>/<split>/**``), or None."""
     image_root = next(
@@ -77,12 +93,12 @@ def _find_folder_pairs(root: Path, split: str, preset: DatasetPreset) -> dataset
         rel = rel[: -len(suffix)] if suffix and rel.endswith(suffix) else rel.rsplit(".", 1)[0]
         return rel[: -len(preset.image_suffix)] if preset.image_suffix and rel.endswith(preset.image_suffix) else rel
 
-    images = {
-        key(p, image_root, ""): p
-        for p in sorted(image_root.rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    }
-    labels = {key(p, label_root, preset.label_suffix): p for p in sorted(label_root.rglob(f"*{preset.label_suffix}"))}
+    images = {key(p, image_root, ""): p for p in _files_under(image_root) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    labels = {key(p, label_root, preset.label_suffix): p for p in _files_under(label_root)
+              if p.name.endswith(preset.label_suffix)}  # fmt: skip
+    broken = [str(p) for p in (*images.values(), *labels.values()) if not p.exists()]
+    if broken:
+        raise DataError(f"{len(broken)} files of {root} are links to nothing (their target is gone), e.g. {broken[:3]}")
     missing = [k for k in images if k not in labels]
     if missing:
         raise DataError(
@@ -406,11 +422,44 @@ def image_sizes(dataset: SegmentationDataset, limit: int | None = None) -> list[
 
 # -------------------------------------------------------------------------------------------------- batching
 def collate_train(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack equally sized training samples into ``pixel_values`` (B, 3, H, W) and ``labels`` (B, H, W)."""
+    """Stack equally sized training samples into ``pixel_values`` (B, 3, H, W) and ``labels`` (B, H, W); ``index``
+    holds their dataset rows (for error messages, not for the model)."""
     return {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "labels": torch.stack([s["labels"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
     }
+
+
+class UnlabelledBatchCheck:
+    """Refuses training data without labels: ``limit`` consecutive batches in which every pixel is the ignore index
+    raise a :class:`DataError` naming their rows.
+
+    Such batches give a loss of exactly 0 and no gradient, so a training set whose masks are all ignore (a wrong
+    label column, ``--reduce_labels`` on 0/1 masks, a wrong Cityscapes ``--label_encoding``) would otherwise run to
+    the end and learn nothing. One such batch now and then (a crop of an unlabelled region) is normal. The check
+    runs on the CPU labels before they move to the accelerator, so it costs no device synchronisation.
+    """
+
+    def __init__(self, where: str, limit: int = 10, ignore_index: int = IGNORE_INDEX) -> None:
+        self.where, self.limit, self.ignore_index = where, limit, ignore_index
+        self.rows: list[int] = []
+        self.batches = 0
+
+    def update(self, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        if bool((labels != self.ignore_index).any()):
+            self.rows, self.batches = [], 0
+            return
+        self.rows.extend(rows.tolist())
+        self.batches += 1
+        if self.batches >= self.limit:
+            shown = ", ".join(map(str, self.rows[:20])) + (", ..." if len(self.rows) > 20 else "")
+            raise DataError(
+                f"{self.where}: {self.batches} consecutive training batches have no labelled pixel (every label is the "
+                f"ignore index {self.ignore_index}), rows {shown}; training on them learns nothing (loss 0). Check "
+                "the label column, --reduce_labels (it ignores raw 0) or --label_encoding, e.g. with "
+                "`python training/data.py --dataset_path ... --split train --verify_labels 20`."
+            )
 
 
 def collate_eval(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

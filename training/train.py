@@ -45,13 +45,14 @@ from training.data import (
     EpochShuffleSampler,
     SeededAugmentation,
     SegmentationDataset,
+    UnlabelledBatchCheck,
     build_dataset,
     collate_train,
     single_split_source,
     verify_labels,
 )
 from training.data_wait import STARVED_FRACTION, DataWaitMeter, starvation_advice
-from training.evaluation import evaluate_segmentation, model_variant, summarize
+from training.evaluation import evaluate_segmentation, model_variant, summarize, warn_absent_classes, write_results
 from training.metrics import format_table
 from training.presets import DataError, DatasetPreset
 from training.recipe import (
@@ -320,9 +321,11 @@ def train(
     window_start, window_images = time.perf_counter(), 0
     data_wait, starvation_warned = DataWaitMeter(), False
     eval_results: dict = {}
+    unlabelled = UnlabelledBatchCheck(f"{train_dataset.source or preset.name}, split {train_dataset.split!r}")
     while step < stop_at:
         sampler.set_position(epoch, batch_in_epoch)
         for batch in data_wait.batches(train_loader):
+            unlabelled.update(batch["labels"], batch.pop("index"))
             batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -418,8 +421,9 @@ def train(
             source=eval_source or preset.hub_id, variant=variant, global_step=step,
             num_processes=accelerator.num_processes,
         )  # fmt: skip
-        (output_dir / "eval_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-        logger.info(f"mIoU {summary['mIoU']:.2f}; model and results in {output_dir}", main_process_only=True)
+        warn_absent_classes(eval_results, preset.class_names)
+        write_results(output_dir, summary)
+        logger.info(f"mIoU {summary['mIoU']}; model and results in {output_dir}", main_process_only=True)
     return {"global_step": step, "history": history, "eval": eval_results}
 
 
