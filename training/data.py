@@ -503,11 +503,13 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.num_samples, self.world_size))
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+class EpochShuffleSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """This process's share of a permutation seeded by (seed, epoch), starting `start_batch` batches in.
 
     The order depends only on the seed, the epoch and the number of processes, which is what makes resuming exact.
-    Each epoch drops the incomplete last global batch, as MMSegmentation's iteration-based runner does.
+    Each epoch drops the incomplete last global batch, as MMSegmentation's iteration-based runner does. Yields
+    ``(epoch, row)`` keys for :class:`SeededAugmentation`: persistent DataLoader workers keep their copy of the
+    dataset across epochs, so the epoch travels with each key rather than as an attribute of the dataset.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
@@ -527,23 +529,25 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         per_process = order[: self.batches_per_epoch * self.batch_size * self.world_size][self.rank :: self.world_size]
-        return iter(per_process[self.start_batch * self.batch_size :].tolist())
+        return ((self.epoch, row) for row in per_process[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
-    """Draws each sample's augmentation from a generator seeded by (seed, epoch, row): same crops after a resume."""
+    """Item ``(epoch, row)``: row ``row`` augmented with a generator seeded by (seed, epoch, row), so the crops do not
+    depend on the worker that makes them and a resume repeats them exactly."""
 
     def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, self.epoch, index]))
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, row = key
+        return self.dataset.get_item(row, rng=np.random.default_rng([self.seed, epoch, row]))
 
 
 # ------------------------------------------------------------------------------------------------ label check
