@@ -132,6 +132,11 @@ def _resize_bilinear_numpy(image: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return top * top_weight[:, None] + bottom * bottom_weight[:, None]
 
 
+# Images with more values than this are normalised and resized in tiles of rows (`_normalize_and_resize_in_tiles`):
+# 64 MiB of float32 per tile, instead of float copies of the whole image (4.5 GiB each for a 20000² RGB array).
+MAX_TILE_VALUES = 2**24
+
+
 # Values upsampled at once by `semantic_segmentation_from_logits`: 1 MiB of float32 per chunk of classes, i.e. one
 # class plane at a time for predictions of 512² and more. Small chunks are also the fastest: the running maximum reads
 # each upsampled plane while it is still in cache (measured on a 2-core EPYC, 150 classes: 512² 76 vs 154 ms with
@@ -317,6 +322,10 @@ class SegRetImageProcessor(ImageProcessorBase):
             setattr(self, name, deepcopy(getattr(type(self), name)) if value is None else value)
         self.size = self._to_size_dict(self.size, "size")
         self.pad_size = self._to_size_dict(self.pad_size, "pad_size")
+        # A bad `size` in preprocessor_config.json fails here, when the processor is loaded, not at the first image.
+        self._validate_preprocess_kwargs(
+            do_resize=self.do_resize, size=self.size, do_pad=self.do_pad, pad_size=self.pad_size
+        )
 
     def preprocess(
         self,
@@ -350,14 +359,54 @@ class SegRetImageProcessor(ImageProcessorBase):
         kwargs["size"] = self._to_size_dict(kwargs["size"], "size")
         kwargs["pad_size"] = self._to_size_dict(kwargs["pad_size"], "pad_size")
         self._validate_preprocess_kwargs(**kwargs)
+        if self._is_empty_batch(images):
+            return self._preprocess_empty_batch(images, segmentation_maps, **kwargs)
         return self._preprocess_image_like_inputs(images, segmentation_maps, **kwargs)
+
+    @staticmethod
+    def _is_empty_batch(images: Any) -> bool:
+        """Whether `images` is a batch array / tensor (B, ...) with B = 0."""
+        is_array = isinstance(images, np.ndarray) or (is_torch_available() and isinstance(images, torch.Tensor))
+        return is_array and images.ndim == 4 and images.shape[0] == 0
+
+    def _preprocess_empty_batch(self, images: Any, segmentation_maps: Any, **kwargs) -> BatchFeature:
+        """The outputs of a batch of 0 images: those of one blank image of the batch's image shape, with 0 rows
+        (so `pixel_values` has the resized size a batch of such images would have, as torch modules do)."""
+        blank = np.zeros(images.shape[1:], dtype=self._to_numpy(images[:0], "The batch").dtype)
+        blank_map = None
+        if segmentation_maps is not None:
+            if not self._is_empty_batch(
+                segmentation_maps[..., None] if segmentation_maps.ndim == 3 else segmentation_maps
+            ):
+                raise ValueError(f"Got 0 images but {len(segmentation_maps)} segmentation maps.")
+            blank_map = np.zeros(
+                blank.shape[1:] if blank.shape[0] in _SUPPORTED_NUM_CHANNELS else blank.shape[:2], np.int64
+            )
+        outputs = self._preprocess_image_like_inputs(blank, blank_map, **kwargs)
+        return BatchFeature(
+            data={key: value[:0] for key, value in outputs.items()}, tensor_type=kwargs.get("return_tensors")
+        )
 
     @staticmethod
     def _to_size_dict(size: int | dict[str, int] | SizeDict | None, name: str) -> SizeDict | None:
         """`size` / `pad_size` as a `SizeDict`; an int is a square size, as in transformers."""
-        if size is None or isinstance(size, SizeDict):
+        if size is None:
             return size
-        return SizeDict(**get_size_dict(size, default_to_square=True, param_name=name))
+        if not isinstance(size, SizeDict):
+            if not isinstance(size, (int, dict)) or isinstance(size, bool):
+                raise ValueError(
+                    f"`{name}` must be a dict of sides in pixels or an int, got {size!r}; check `{name}` in "
+                    "preprocessor_config.json or the argument."
+                )
+            size = SizeDict(**get_size_dict(size, default_to_square=True, param_name=name))
+        for key, value in size_items(size).items():
+            # A negative side would resize every image to 1x1 and a fractional one to a rounded size, silently.
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(
+                    f"`{name}` must hold positive whole numbers of pixels, got {name}['{key}'] = {value!r} in "
+                    f"{size_items(size)}; fix `{name}` in preprocessor_config.json or the argument."
+                )
+        return size
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
@@ -447,12 +496,19 @@ class SegRetImageProcessor(ImageProcessorBase):
                 "images on the 0..255 scale. Pass `do_rescale=False` if your images are already in [0, 1]."
             )
 
+        normalization = (do_rescale, rescale_factor, do_normalize, image_mean, image_std)
         pixel_values = []
         for image in image_arrays:
-            # Normalised at the original size and then resized in float, as the evaluation path does.
-            image = self._rescale_and_normalize(image, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
-            if do_resize:
-                image = self.resize(image, size=size, resample=resample)
+            # Normalised at the original size and then resized in float, as the evaluation path does; large images
+            # a tile of rows at a time, with the same result.
+            if do_resize and resample == PILImageResampling.BILINEAR and is_torch_available():
+                image = self._normalize_and_resize_in_tiles(
+                    image, self.resized_size(*image.shape[1:], size), *normalization
+                )
+            else:
+                image = self._rescale_and_normalize(image, *normalization)
+                if do_resize:
+                    image = self.resize(image, size=size, resample=resample)
             pixel_values.append(image)
         data = {"pixel_values": pixel_values}
 
@@ -541,6 +597,37 @@ class SegRetImageProcessor(ImageProcessorBase):
         if size.get("height") and size.get("width"):
             return size["height"], size["width"]
         return get_keep_ratio_output_size(height, width, size.get("shortest_edge"), size.get("longest_edge"))
+
+    def _normalize_and_resize_in_tiles(
+        self,
+        image: np.ndarray,
+        output_size: tuple[int, int],
+        *normalization: Any,
+        max_tile_values: int = MAX_TILE_VALUES,
+    ) -> np.ndarray:
+        """
+        `resize(_rescale_and_normalize(image))` with the default bilinear filter, bit for bit, with bounded memory:
+        an image of more than `max_tile_values` values is never copied whole in float32.
+
+        PyTorch's bilinear resize weighs, for each output pixel, two input rows of two columns each: rows resized
+        along the width alone, by tiles of rows, then resized along the height alone give the same float32 sums
+        (the second tap of a resize that keeps a side gets weight exactly 0). Memory: the image, one float tile and
+        the image resized along the width (C x H x output width floats).
+        """
+        num_channels, height, width = image.shape
+        if image.size <= max_tile_values or (height, width) == output_size:
+            return self.resize(
+                self._rescale_and_normalize(image, *normalization),
+                size=SizeDict(height=output_size[0], width=output_size[1]),
+            )
+        output_width = output_size[1]
+        resized_rows = torch.empty((1, num_channels, height, output_width), dtype=torch.float32)
+        rows_per_tile = max(1, max_tile_values // (num_channels * width))
+        for start in range(0, height, rows_per_tile):
+            tile = self._rescale_and_normalize(image[:, start : start + rows_per_tile], *normalization)
+            tile = torch.from_numpy(np.ascontiguousarray(tile))[None]
+            resized_rows[:, :, start : start + tile.shape[2]] = resize_bilinear(tile, (tile.shape[2], output_width))
+        return resize_bilinear(resized_rows, output_size)[0].numpy()
 
     @staticmethod
     def _rescale_and_normalize(
@@ -765,10 +852,9 @@ class SegRetImageProcessor(ImageProcessorBase):
             return np.ascontiguousarray(image_array)
         if image_array.dtype == np.bool_:
             return image_array.astype(np.uint8) * 255
-        if image_array.dtype == np.uint16:
-            # 16-bit to 8-bit: 65535 / 257 = 255 exactly, and v / 257 is never exactly halfway between integers.
-            return np.round(image_array / 257).astype(np.uint8)
-        if np.issubdtype(image_array.dtype, np.integer) or np.issubdtype(image_array.dtype, np.floating):
+        if np.issubdtype(image_array.dtype, np.integer):
+            return integer_image_to_uint8(image_array, description)
+        if np.issubdtype(image_array.dtype, np.floating):
             image_array = image_array.astype(np.float32)
             # One NaN or inf would make every logit non-finite and the prediction all class 0, without a word.
             num_non_finite = int(np.size(image_array) - np.count_nonzero(np.isfinite(image_array)))
@@ -852,6 +938,25 @@ class SegRetImageProcessor(ImageProcessorBase):
         elif not (np.issubdtype(label_array.dtype, np.integer) or label_array.dtype == np.bool_):
             raise TypeError(f"{description} has unsupported dtype {label_array.dtype}.")
         return label_array.astype(np.int64)
+
+
+def integer_image_to_uint8(image: np.ndarray, description: str = "The image") -> np.ndarray:
+    """An integer image on SegRet's 8-bit scale. uint16 is 16-bit data, read as `round(v / 257)` like a 16-bit PNG;
+    other integer types hold 8-bit values when all are in 0..255 and 16-bit values (read alike) when the largest is
+    in 256..65535. Anything else has no known scale and is an error."""
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    low, high = int(image.min()), int(image.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"{description} ({image.dtype}) has values from {low} to {high}, outside 0..65535: SegRet reads integer "
+            "images as 8-bit (0..255) or 16-bit (0..65535) samples. Scale it to 0..255 (uint8) first, or pass "
+            "float32 values on the 0..255 scale."
+        )
+    if image.dtype == np.uint16 or high > 255:
+        # 16-bit to 8-bit: 65535 / 257 = 255 exactly, and v / 257 is never exactly halfway between integers.
+        return np.round(image / np.float32(257)).astype(np.uint8)
+    return image.astype(np.uint8)
 
 
 def exif_transposed(image: Image.Image) -> Image.Image:

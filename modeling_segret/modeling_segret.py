@@ -322,10 +322,13 @@ class SegRetRetention(nn.Module):
             # Attention batch entries are the image rows (in reverse order, as the mask's windows), attention heads
             # are (image, head) pairs; every row attends to the same keys, an expanded view of one copy.
             def to_heads(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (1, B*N, H*W, d)
-                states = states.permute(0, 3, 1, 2, 4).reshape(1, batch_size * self.num_heads, -1, self.head_dim)
+                states = states.permute(0, 3, 1, 2, 4).reshape(
+                    1, batch_size * self.num_heads, height * width, self.head_dim
+                )
                 return states.expand(height, -1, -1, -1)
 
-            query_rows = query.flip(1).permute(1, 0, 3, 2, 4).reshape(height, -1, width, self.head_dim)
+            query_rows = query.flip(1).permute(1, 0, 3, 2, 4)
+            query_rows = query_rows.reshape(height, batch_size * self.num_heads, width, self.head_dim)
             output = F.scaled_dot_product_attention(
                 query_rows, to_heads(key), to_heads(value), attn_mask=positions.decay_masks[0], scale=self.scaling
             )  # (H, B*N, W, d)
@@ -930,7 +933,7 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
             pixel_logits, labels.reshape(-1).long(), ignore_index=ignore_index, reduction="sum"
         )
         if self.config.loss_average_over_all_pixels:
-            normalizer = labels.numel()
+            normalizer = max(labels.numel(), 1)  # a batch of 0 images has loss 0, not 0 / 0
         else:
             normalizer = labelled.sum().clamp(min=1)
         return summed_loss / normalizer
