@@ -603,7 +603,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         image: np.ndarray,
         output_size: tuple[int, int],
         *normalization: Any,
-        max_tile_values: int = MAX_TILE_VALUES,
+        max_tile_values: int | None = None,
     ) -> np.ndarray:
         """
         `resize(_rescale_and_normalize(image))` with the default bilinear filter, bit for bit, with bounded memory:
@@ -614,6 +614,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         (the second tap of a resize that keeps a side gets weight exactly 0). Memory: the image, one float tile and
         the image resized along the width (C x H x output width floats).
         """
+        max_tile_values = MAX_TILE_VALUES if max_tile_values is None else max_tile_values
         num_channels, height, width = image.shape
         if image.size <= max_tile_values or (height, width) == output_size:
             return self.resize(
@@ -643,7 +644,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         as `(image - mean / rescale_factor) / (std / rescale_factor)` with the constants formed like
         `training/evaluation.py` forms them, so the two paths give the same float32 values.
         """
-        image = image.astype(np.float32)
+        image = image.astype(np.float32, order="C")
         if not do_normalize:
             return image * np.float32(rescale_factor) if do_rescale else image
         factor = 1 / rescale_factor if do_rescale else 1.0
@@ -849,7 +850,7 @@ class SegRetImageProcessor(ImageProcessorBase):
             image_array = np.repeat(image_array[:1], 3, axis=0) if num_channels <= 2 else image_array[:3]
 
         if image_array.dtype == np.uint8:
-            return np.ascontiguousarray(image_array)
+            return image_array  # a view: a copy would double the memory of a huge image
         if image_array.dtype == np.bool_:
             return image_array.astype(np.uint8) * 255
         if np.issubdtype(image_array.dtype, np.integer):
