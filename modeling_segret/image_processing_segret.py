@@ -316,6 +316,8 @@ class SegRetImageProcessor(ImageProcessorBase):
     _call_options = ("return_tensors", "input_data_format", "data_format", "do_center_crop")
 
     def __init__(self, **kwargs: Unpack[SegRetImageProcessorKwargs]) -> None:
+        for name in ("size", "pad_size"):  # before transformers' own conversion, whose error names no field
+            self._check_size_type(kwargs.get(name), name)
         super().__init__(**kwargs)
         for name in self._settings:
             value = kwargs.get(name)
@@ -393,11 +395,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         if size is None:
             return size
         if not isinstance(size, SizeDict):
-            if not isinstance(size, (int, dict)) or isinstance(size, bool):
-                raise ValueError(
-                    f"`{name}` must be a dict of sides in pixels or an int, got {size!r}; check `{name}` in "
-                    "preprocessor_config.json or the argument."
-                )
+            SegRetImageProcessor._check_size_type(size, name)
             size = SizeDict(**get_size_dict(size, default_to_square=True, param_name=name))
         for key, value in size_items(size).items():
             # A negative side would resize every image to 1x1 and a fractional one to a rounded size, silently.
@@ -407,6 +405,14 @@ class SegRetImageProcessor(ImageProcessorBase):
                     f"{size_items(size)}; fix `{name}` in preprocessor_config.json or the argument."
                 )
         return size
+
+    @staticmethod
+    def _check_size_type(size: Any, name: str) -> None:
+        if size is not None and (not isinstance(size, (int, dict, SizeDict)) or isinstance(size, bool)):
+            raise ValueError(
+                f"`{name}` must be a dict of sides in pixels or an int, got {size!r}; check `{name}` in "
+                "preprocessor_config.json or the argument."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
