@@ -374,16 +374,14 @@ class SegRetImageProcessor(ImageProcessorBase):
     def _preprocess_empty_batch(self, images: Any, segmentation_maps: Any, **kwargs) -> BatchFeature:
         """The outputs of a batch of 0 images: those of one blank image of the batch's image shape, with 0 rows
         (so `pixel_values` has the resized size a batch of such images would have, as torch modules do)."""
+        if segmentation_maps is not None and len(segmentation_maps) != 0:
+            raise ValueError(f"Got 0 images but {len(segmentation_maps)} segmentation maps.")
         blank = np.zeros(images.shape[1:], dtype=self._to_numpy(images[:0], "The batch").dtype)
         blank_map = None
         if segmentation_maps is not None:
-            if not self._is_empty_batch(
-                segmentation_maps[..., None] if segmentation_maps.ndim == 3 else segmentation_maps
-            ):
-                raise ValueError(f"Got 0 images but {len(segmentation_maps)} segmentation maps.")
-            blank_map = np.zeros(
-                blank.shape[1:] if blank.shape[0] in _SUPPORTED_NUM_CHANNELS else blank.shape[:2], np.int64
-            )
+            input_data_format = kwargs["input_data_format"]
+            input_data_format = None if input_data_format is None else ChannelDimension(input_data_format)
+            blank_map = np.zeros(self._to_rgb_array(blank, 0, input_data_format).shape[1:], np.int64)
         outputs = self._preprocess_image_like_inputs(blank, blank_map, **kwargs)
         return BatchFeature(
             data={key: value[:0] for key, value in outputs.items()}, tensor_type=kwargs.get("return_tensors")

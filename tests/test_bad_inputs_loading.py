@@ -120,6 +120,14 @@ BAD_INPUTS = [
     # Integer images without a known scale.
     ("negative int16 pixels", _process(np.full((8, 8, 3), -3, np.int16)), ValueError, "values from -3 to -3"),
     ("int64 pixels above 65535", _process(np.full((8, 8, 3), 70000, np.int64)), ValueError, "outside 0..65535"),
+    (
+        "0 images but 2 maps",
+        lambda p: SegRetImageProcessor()(
+            images=np.zeros((0, 8, 8, 3), np.uint8), segmentation_maps=np.zeros((2, 8, 8))
+        ),
+        ValueError,
+        "Got 0 images but 2 segmentation maps",
+    ),
     ("empty list of images", lambda p: SegRetImageProcessor()(images=[]), ValueError, "`images` is an empty list"),
     # Damaged weight files: the file is named.
     ("truncated model.safetensors", _load(_truncated), OSError, "truncated/model.safetensors (Error while"),
