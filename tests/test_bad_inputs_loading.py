@@ -82,6 +82,16 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
 
 
+def _truncated_in_the_hub_cache(tmp_path):
+    """A Hub repository in the local cache (`cache_dir` layout of huggingface_hub) whose download was cut short."""
+    repository = tmp_path / "cache" / "models--org--segret"
+    snapshot = _saved_model(repository / "snapshots" / ("a" * 40))
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text("a" * 40)
+    _truncate(snapshot / "model.safetensors")
+    SegRetForSemanticSegmentation.from_pretrained("org/segret", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
 def _remote_code_pipeline(tmp_path):
     pipeline("image-segmentation", model=str(_hub_folder(tmp_path, _truncate)), trust_remote_code=True)
 
@@ -138,6 +148,7 @@ BAD_INPUTS = [
         OSError,
         "download it again",
     ),
+    ("truncated, Hub repository in the cache", _truncated_in_the_hub_cache, OSError, "snapshots/aaaa"),
     ("truncated, remote code AutoModel", _remote_code_auto_model, OSError, "hub/model.safetensors (Error while"),
     # transformers' pipeline turns the errors of the classes it tries into one ValueError that quotes them.
     ("truncated, remote code pipeline", _remote_code_pipeline, ValueError, "hub/model.safetensors (Error while"),
