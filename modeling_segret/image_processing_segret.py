@@ -860,7 +860,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         if np.issubdtype(image_array.dtype, np.integer):
             return integer_image_to_uint8(image_array, description)
         if np.issubdtype(image_array.dtype, np.floating):
-            image_array = image_array.astype(np.float32)
+            image_array = image_array.astype(np.float32, copy=False)  # float32 input: a view, not a copy
             # One NaN or inf would make every logit non-finite and the prediction all class 0, without a word.
             num_non_finite = int(np.size(image_array) - np.count_nonzero(np.isfinite(image_array)))
             if num_non_finite:
