@@ -264,17 +264,23 @@ class SegRetImageProcessor(ImageProcessorBase):
       padding band of "RGBA", "RGBX", "LA", "PA" and "RGBa" is dropped (not composited, like OpenCV's `imread` in
       MMSegmentation and Pillow's `convert("RGB")`); "CMYK", "YCbCr", "LAB" and "HSV" use Pillow's conversion.
     - 16-bit data (PIL "I;16*" and "I", NumPy / torch `uint16`) is clipped to [0, 65535] and mapped to 8 bit with
-      `round(value / 257)`, so 65535 becomes 255.
+      `round(value / 257)`, so 65535 becomes 255. Arrays of other integer types are read as 8-bit when all values
+      are in 0..255 and as 16-bit (the same rule) when the largest is in 256..65535; negative values or values
+      above 65535 are an error ([`integer_image_to_uint8`]).
     - Arrays and tensors have shape (H, W), (H, W, C) or (C, H, W) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
       4 (RGBA). The channel axis is the last one for NumPy arrays and the first one for torch tensors when both
-      ends could be channels; pass `input_data_format` to choose. `uint8` is kept, `bool` becomes 0 / 255, and other
-      integer or float dtypes (and PIL "F") are used as they are, on the 0..255 scale: pass `do_rescale=False` for
+      ends could be channels; pass `input_data_format` to choose. `uint8` is kept, `bool` becomes 0 / 255, and float
+      dtypes (and PIL "F") are used as they are, on the 0..255 scale: pass `do_rescale=False` for
       images already in [0, 1].
 
     With `do_convert_rgb=False` images keep their own channels instead (for models with `num_channels != 3`, e.g.
     RGB + near-infrared): arrays and tensors as given, PIL images with their bands as stored ("RGBA" has 4,
     "L" 1; palette images still go through RGB). `image_mean` and `image_std` then need one value per channel,
     and every image is checked against them with an error naming the image.
+
+    Memory: with the default bilinear resize, an image of more than `MAX_TILE_VALUES` values is normalised and
+    resized a tile of rows at a time, with the values of the whole-image computation (a 20000×20000 array needs
+    under 2 GiB). A batch array of 0 images gives outputs with 0 rows of the size such images would get.
 
     Segmentation maps are class-index maps: PIL "L", "P" (the palette indices, never the colours), "I", "I;16", "1"
     or "F", or arrays / tensors with integer, bool or integer-valued float dtype, of shape (H, W) (inside a list or a
