@@ -223,7 +223,10 @@ def assemble(
     _prepare_output(output_dir, source_data.path, overwrite)
     dataset = infer_dataset(source_data, dataset)
 
-    model, loading = SegRetForSemanticSegmentation.from_pretrained(source_data.path, output_loading_info=True)
+    try:
+        model, loading = SegRetForSemanticSegmentation.from_pretrained(source_data.path, output_loading_info=True)
+    except (OSError, ValueError) as error:  # a damaged, incomplete or non-finite checkpoint, named by the model
+        raise PublishError(str(error)) from error
     problems = {kind: sorted(map(str, loading.get(kind) or ())) for kind in ("missing_keys", "unexpected_keys",
                 "mismatched_keys", "error_msgs")}  # fmt: skip
     if any(problems.values()):

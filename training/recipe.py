@@ -50,7 +50,8 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={
-            "help": "with model_name_or_path: a new, randomly initialised head when the number of classes differs"
+            "help": "with model_name_or_path: new, randomly initialised weights where the number of classes differs "
+            "or the checkpoint lacks them (a backbone-only checkpoint)"
         },
     )
     loss_average_over_all_pixels: bool = field(
