@@ -298,7 +298,8 @@ def test_sigterm_stops_the_script_with_143_and_a_checkpoint(scenes, small_model,
     assert f"Stopped by SIGTERM at step {stopped_at} of 8" in (output / "train.log").read_text()
 
     train.main([*arguments, "--resume_from_checkpoint", "latest"])
-    assert [r["loss"] for r in logged(output)] == [r["loss"] for r in uninterrupted]
+    # The first part ran in a child with one thread, the reference here: reductions may differ in the last bits.
+    assert [r["loss"] for r in logged(output)] == pytest.approx([r["loss"] for r in uninterrupted], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -322,7 +323,8 @@ def test_training_ends_with_a_checkpoint_when_its_launcher_is_killed(scenes, sma
     assert "The launcher (pid" in log and f"Stopped by SIGTERM at step {stopped_at}" in log
 
     train.main([*arguments, "--resume_from_checkpoint", "latest"])
-    assert [r["loss"] for r in logged(output)] == [r["loss"] for r in uninterrupted]
+    # The first part ran in a child with one thread, the reference here: reductions may differ in the last bits.
+    assert [r["loss"] for r in logged(output)] == pytest.approx([r["loss"] for r in uninterrupted], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ full disks
