@@ -87,7 +87,7 @@ class OutputDirLock:
                 holder = read_json(self.path)
                 stale = self.why_stale(holder)
                 if stale:
-                    note = f"Taking over the stale lock {self.path} ({stale})"
+                    note = f"Removing the stale lock {self.path} ({stale})"
                     self.path.unlink(missing_ok=True)
                     continue
                 raise RuntimeError(
