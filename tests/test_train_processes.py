@@ -424,3 +424,31 @@ def test_use_fsdp_from_the_launcher_is_refused_before_any_data(scenes, tmp_path,
     with pytest.raises(ValueError, match=r"FSDP is not supported .* --multi_gpu"):
         train.main(tiny_run(scenes, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_use_fsdp_is_refused_on_every_process(scenes, tmp_path):
+    command = accelerate_launch("--use_fsdp", "--num_processes", "2", "--main_process_port", str(free_port()))
+    completed = subprocess.run(
+        [*command, str(TRAIN_SCRIPT), *tiny_run(scenes, tmp_path / "run")],
+        env=environment(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert completed.stderr.count("error: FSDP is not supported by training/train.py: it trains with DDP") == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_launch_of_several_processes_that_started_one_is_reported(monkeypatch, caplog):
+    """`accelerate launch --num_processes 2` without --multi_gpu on a CPU machine: one process, MASTER_ADDR set."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    PartialState(cpu=True)
+    with caplog.at_level("WARNING"):
+        train.warn_about_lost_processes(SimpleNamespace(num_processes=1))
+    assert "this is a single process: on a machine without GPUs add --multi_gpu" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun / --multi_gpu: the processes know of each other
+    with caplog.at_level("WARNING"):
+        train.warn_about_lost_processes(SimpleNamespace(num_processes=2))
+    assert caplog.text == ""

@@ -477,16 +477,19 @@ def save_final_model(
     logger.info(f"Model saved to {output_dir}", main_process_only=True)
 
 
-def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
+def refuse_unsupported_distribution(accelerator: Accelerator | None = None) -> None:
     """SegRet trains with DDP; FSDP and DeepSpeed would be silently misused (evaluation and the final save read the
-    unwrapped model on the main process), so they are refused before any data or model is loaded."""
+    unwrapped model on the main process), so they are refused before any data or model is loaded: as the launcher
+    asks for them (its environment; before the Accelerator, which may fail on them first) and as it was set up."""
     requested = {
-        "FSDP": accelerator.distributed_type == DistributedType.FSDP or os.environ.get("ACCELERATE_USE_FSDP"),
-        "DeepSpeed": accelerator.distributed_type == DistributedType.DEEPSPEED
-        or os.environ.get("ACCELERATE_USE_DEEPSPEED"),
+        "FSDP": os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"),
+        "DeepSpeed": os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"),
     }
+    if accelerator is not None:
+        requested["FSDP"] |= accelerator.distributed_type == DistributedType.FSDP
+        requested["DeepSpeed"] |= accelerator.distributed_type == DistributedType.DEEPSPEED
     for name, asked in requested.items():
-        if asked and str(asked).lower() not in ("0", "false"):
+        if asked:
             raise ValueError(
                 f"{name} is not supported by training/train.py: it trains with DDP (the largest SegRet, about 96M "
                 "parameters, fits one GPU). Launch with `accelerate launch --multi_gpu --num_processes N "
@@ -515,6 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
     report_to = args.report_to
     if report_to == "auto":
         report_to = "tensorboard" if is_tensorboard_available() else "none"
+    refuse_unsupported_distribution()
     accelerator = Accelerator(
         # accelerate counts a multi-process launch without GPUs as distributed only with cpu=True
         cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
