@@ -452,3 +452,22 @@ def test_a_launch_of_several_processes_that_started_one_is_reported(monkeypatch,
     with caplog.at_level("WARNING"):
         train.warn_about_lost_processes(SimpleNamespace(num_processes=2))
     assert caplog.text == ""
+
+
+def test_a_schedule_stepped_once_per_process_is_put_back_on_the_optimizer_step():
+    """Checkpoints written before the fix hold the schedule at N x step; resuming puts it at `step`."""
+    args = train.TrainArguments(max_steps=10, warmup_steps=2, learning_rate=1e-3)
+
+    def schedule_after(steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.warmup_poly_schedule(args))
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        return scheduler
+
+    old = schedule_after(6)  # 2 processes x 3 steps
+    train.set_schedule_step(old, 3)
+    expected = schedule_after(3)
+    assert old.last_epoch == 3 and old.get_last_lr() == expected.get_last_lr()
+    assert old.optimizer.param_groups[0]["lr"] == expected.optimizer.param_groups[0]["lr"]
