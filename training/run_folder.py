@@ -38,7 +38,7 @@ from training import LOG_FORMAT
 logger = get_logger(__name__)  # accelerate's: main_process_only=...
 LOCK_FILE, RUN_FILE, LOSS_LOG, TRAIN_LOG = "segret.lock", "run.json", "loss_history.jsonl", "train.log"
 ARGS_FILE = "training_args.json"
-# A lock not renewed for this long is stale from any host (the running job renews it every LEASE_SECONDS / 10).
+# Another host's lock not renewed for this long is stale (the running job renews it every LEASE_SECONDS / 10).
 LEASE_SECONDS = 600
 LAUNCHER_VARIABLES = ("LOCAL_RANK", "ACCELERATE_MIXED_PRECISION")  # set by torchrun / `accelerate launch`
 
@@ -57,8 +57,8 @@ class OutputDirLock:
     """`output_dir/segret.lock` holding the owner's host and pid: one run per folder at a time.
 
     The lock is a lease: while the run goes, a thread renews it (touches the file) every tenth of the lease. A lock
-    is stale, and taken over with a warning, when its process is gone (same host) or when it has not been renewed
-    for `lease_seconds` (any host: a job preempted on one machine and restarted on another). The lease is
+    is stale, and taken over with a warning, when its process is gone (same host) or, held by another host, when it
+    has not been renewed for `lease_seconds` (a job preempted on one machine and restarted on another). The lease is
     `SEGRET_LOCK_LEASE_SECONDS` (default 600 s) in the environment; the hosts' clocks must agree to well within it.
     """
 
@@ -115,8 +115,8 @@ class OutputDirLock:
     def why_stale(self, holder: dict) -> str | None:
         """Why the lock `holder` (the lock file's content) no longer protects a run, or None if it does."""
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            if not _alive(holder["pid"]):
-                return f"process {holder['pid']} on this host is no longer running"
+            # On this host the process table is authoritative (a run of an older version renews nothing).
+            return None if _alive(holder["pid"]) else f"process {holder['pid']} on this host is no longer running"
         age = self.age()
         if age > self.lease_seconds:
             return (
