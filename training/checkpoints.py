@@ -241,7 +241,7 @@ def write_failure(error: BaseException, folder: Path, needed_bytes: int) -> str:
     code = getattr(error, "errno", None)
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if code == errno.EFBIG or (code is None and limit != resource.RLIM_INFINITY and limit < needed_bytes):
-        return f"a file reached the file-size limit (ulimit -f: {limit / 2**20:.0f} MB; the files need {needed})"
+        return f"a file reached the file-size limit (ulimit -f: {limit / 2**20:.1f} MB; the files need {needed})"
     if code == errno.ENOSPC or free < needed_bytes:
         return f"no space left on {mount} ({free / 2**20:.0f} MB free, {needed} needed)"
     return f"{type(error).__name__}: {error} ({free / 2**20:.0f} MB free on {mount}, {needed} needed)"

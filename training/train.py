@@ -41,7 +41,6 @@ from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict, load_
 from training.checkpoints import (
     TRAINER_STATE_KEYS,
     CheckpointWriteError,
-    checkpoint_size,
     checkpoints_to_resume,
     clear_interrupted_removals,
     decide_on_main_process,
@@ -454,8 +453,8 @@ def save_final_model(
     error = None
     if accelerator.is_main_process:
         temporary = output_dir / ".tmp-model"
+        unwrapped = accelerator.unwrap_model(model)
         try:
-            unwrapped = accelerator.unwrap_model(model)
             if any(isinstance(module, torch.nn.SyncBatchNorm) for module in unwrapped.modules()):
                 unwrapped = revert_sync_batchnorm(unwrapped)
             unwrapped.save_pretrained(temporary)
@@ -465,7 +464,8 @@ def save_final_model(
             temporary.rmdir()
         except (OSError, RuntimeError, SafetensorError) as err:
             shutil.rmtree(temporary, ignore_errors=True)
-            error = write_failure(err, output_dir, checkpoint_size(accelerator, output_dir))
+            weights = sum(tensor.numel() * tensor.element_size() for tensor in unwrapped.state_dict().values())
+            error = write_failure(err, output_dir, weights)
     if accelerator.num_processes > 1:
         error = broadcast_object_list([error])[0]
     if error:
