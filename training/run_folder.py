@@ -116,7 +116,8 @@ class OutputDirLock:
         """Why the lock `holder` (the lock file's content) no longer protects a run, or None if it does."""
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             # On this host the process table is authoritative (a run of an older version renews nothing).
-            return None if _alive(holder["pid"]) else f"process {holder['pid']} on this host is no longer running"
+            alive = process_alive(holder["pid"])
+            return None if alive else f"process {holder['pid']} on this host is no longer running"
         age = self.age()
         if age > self.lease_seconds:
             return (
@@ -150,7 +151,10 @@ class OutputDirLock:
             self.held = False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: object) -> bool:
+    """Whether `pid` (from a lock or claim file) names a process running on this host; anything else is not."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:
