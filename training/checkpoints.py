@@ -8,22 +8,31 @@ A checkpoint is written to `.tmp-checkpoint-N` and renamed into place once compl
 complete or absent; an old one is renamed to `.deleting-checkpoint-N-*` before it is deleted, so a kill half-way
 never leaves something that looks like a checkpoint. Resuming `latest` takes the newest complete checkpoint of the
 run that `run.json` names (`training/run_folder.py`), falling back to the previous one when the newest is damaged,
-and refuses a checkpoint whose recipe differs (`training.recipe.RUN_IDENTITY_FIELDS`).
+and refuses a checkpoint whose recipe differs (`training.recipe.RUN_IDENTITY_FIELDS`). The main process decides
+which checkpoint to resume and tells the others; every process loads it or all fail together.
+
+A write that fails (a full disk, a file-size limit) removes its temporary folder, keeps the previous checkpoint and
+stops the run with `CheckpointWriteError`, which says what ran out and about how much space a checkpoint needs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import resource
 import shutil
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list, gather_object
 
 from training.run_folder import read_json, read_run_id
 
@@ -32,6 +41,26 @@ logger = get_logger(__name__)  # accelerate's: main_process_only=...; needs an A
 helper_logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch")
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or the final model could not be written (full disk, file-size limit ...); nothing was lost."""
+
+
+def decide_on_main_process(accelerator: Accelerator, decide: Callable[..., Any], *args: Any) -> Any:
+    """`decide(*args)` run by the main process only, its result (or its exception) shared with every process: with
+    an output folder seen differently by each machine, all of them still act on one decision."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = decide(*args)
+        except Exception as err:
+            error = err
+    if accelerator.num_processes > 1:
+        result, error = broadcast_object_list([result, error])
+    if error is not None:
+        raise error
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -195,9 +224,38 @@ def remove_folder(path: Path) -> None:
 
 
 def clear_interrupted_removals(output_dir: Path) -> None:
-    """Deletes the `.deleting-checkpoint-*` folders of a prune cut short by a kill (main process)."""
-    for leftover in output_dir.glob(".deleting-checkpoint-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """Deletes what a kill left behind (main process, under the lock): the `.deleting-checkpoint-*` folders of a cut
+    prune and the `.tmp-checkpoint-*` folders of a cut save, which would otherwise keep a full disk full."""
+    for pattern in (".deleting-checkpoint-*", ".tmp-checkpoint-*", ".tmp-model"):
+        for leftover in output_dir.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_failure(error: BaseException, folder: Path, needed_bytes: int) -> str:
+    """What stopped a write into `folder`, in words: no space left (and where), the file-size limit, or the error."""
+    needed = f"about {needed_bytes / 2**20:.0f} MB"
+    mount = folder.resolve()
+    while not mount.exists() or (not os.path.ismount(mount) and mount != mount.parent):
+        mount = mount.parent
+    free = shutil.disk_usage(mount).free
+    code = getattr(error, "errno", None)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if code == errno.EFBIG or (code is None and limit != resource.RLIM_INFINITY and limit < needed_bytes):
+        return f"a file reached the file-size limit (ulimit -f: {limit / 2**20:.1f} MB; the files need {needed})"
+    if code == errno.ENOSPC or free < needed_bytes:
+        return f"no space left on {mount} ({free / 2**20:.0f} MB free, {needed} needed)"
+    return f"{type(error).__name__}: {error} ({free / 2**20:.0f} MB free on {mount}, {needed} needed)"
+
+
+def checkpoint_size(accelerator: Accelerator, output_dir: Path) -> int:
+    """Bytes a checkpoint takes: the newest one on disk, or the model and optimizer tensors when there is none."""
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints:
+        return sum(file.stat().st_size for file in checkpoints[-1][1].rglob("*") if file.is_file())
+    tensors = [tensor for model in accelerator._models for tensor in model.state_dict().values()]
+    for optimizer in accelerator._optimizers:
+        tensors += [value for state in optimizer.state_dict()["state"].values() for value in state.values()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors if hasattr(tensor, "numel"))
 
 
 def save_checkpoint(
@@ -218,27 +276,29 @@ def save_checkpoint(
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)  # left over by a crash
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
+    error = None
+    try:
+        accelerator.save_state(str(temporary))
+        if accelerator.is_main_process:
+            write_trainer_state(accelerator, temporary, step, epoch, batch, run)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError ("unexpected pos ...")
+        error = err
+    local = None if error is None else write_failure(error, output_dir, checkpoint_size(accelerator, output_dir))
+    failures = gather_object([local]) if accelerator.num_processes > 1 else [local]
+    if any(failures):
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)  # a half-written checkpoint would keep the disk full
+        reason = "; ".join(
+            text if len(failures) == 1 else f"process {rank}: {text}" for rank, text in enumerate(failures) if text
+        )
+        kept = list_checkpoints(output_dir, (run or {}).get("run_id"))
+        previous = f"the previous checkpoint {kept[-1][1]} is kept" if kept else "there is no earlier checkpoint"
+        raise CheckpointWriteError(
+            f"Could not write the checkpoint of step {step} to {output_dir}: {reason}. The partial checkpoint was "
+            f"removed and {previous}. Free space (or raise the limit), then rerun the same command with "
+            "--resume_from_checkpoint latest."
+        ) from error
     if accelerator.is_main_process:
-        files = {
-            file.relative_to(temporary).as_posix(): file.stat().st_size
-            for file in sorted(temporary.rglob("*"))
-            if file.is_file()
-        }
-        state = {
-            "global_step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch,
-            "num_processes": accelerator.num_processes,
-            **(run or {}),
-            "files": files,
-        }
-        state_file = temporary / "trainer_state.json"
-        with open(state_file, "w") as handle:
-            handle.write(json.dumps(state, indent=2))
-            handle.flush()
-            os.fsync(handle.fileno())
         if final.exists():
             remove_folder(final)
         os.replace(temporary, final)  # atomic on one filesystem: a checkpoint is complete or absent
@@ -250,21 +310,45 @@ def save_checkpoint(
     return final
 
 
+def write_trainer_state(
+    accelerator: Accelerator, folder: Path, step: int, epoch: int, batch: int, run: dict | None
+) -> None:
+    """`trainer_state.json` of the checkpoint being written in `folder`, with the size of each of its files."""
+    files = {
+        file.relative_to(folder).as_posix(): file.stat().st_size for file in sorted(folder.rglob("*")) if file.is_file()
+    }
+    state = {
+        "global_step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch,
+        "num_processes": accelerator.num_processes,
+        **(run or {}),
+        "files": files,
+    }
+    with open(folder / "trainer_state.json", "w") as handle:
+        handle.write(json.dumps(state, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def load_newest(accelerator: Accelerator, candidates: list[Path]) -> tuple[Path, dict] | None:
-    """Loads the first of `candidates` that loads (model, optimizer, scheduler, RNG states), falling back to the next
-    one with a warning; returns it with its trainer state, or None without candidates."""
+    """Loads the first of `candidates` that every process loads (model, optimizer, scheduler, RNG states), falling
+    back to the next one with a warning; returns it with its trainer state, or None without candidates."""
     for index, checkpoint in enumerate(candidates):
+        error = None
         try:
             accelerator.load_state(str(checkpoint))
         except Exception as err:
-            if index + 1 == len(candidates):
-                raise RuntimeError(f"Could not load the checkpoint {checkpoint}: {type(err).__name__}: {err}") from err
-            logger.warning(
-                f"Could not load {checkpoint} ({type(err).__name__}: {err}); falling back to {candidates[index + 1]}",
-                main_process_only=True,
-            )
-            continue
-        return checkpoint, checkpoint_state(checkpoint)
+            error = f"{type(err).__name__}: {err}"
+        errors = gather_object([error]) if accelerator.num_processes > 1 else [error]
+        failed = "; ".join(f"process {rank}: {text}" for rank, text in enumerate(errors) if text)
+        if not failed:
+            return checkpoint, checkpoint_state(checkpoint)
+        if index + 1 == len(candidates):
+            raise RuntimeError(f"Could not load the checkpoint {checkpoint} ({failed})")
+        logger.warning(
+            f"Could not load {checkpoint} ({failed}); falling back to {candidates[index + 1]}", main_process_only=True
+        )
     return None
 
 

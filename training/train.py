@@ -8,6 +8,7 @@ One script from a single CPU to several machines: Accelerate sets up the process
 loop below is plain PyTorch. The schedule is iteration-based, as in the paper (MMSegmentation): AdamW, linear
 warm-up, then polynomial decay. Checkpoints hold everything needed to continue exactly (model, optimizer,
 scheduler, RNG states, data position) and are written atomically; `--resume_from_checkpoint latest` continues a run.
+SIGTERM or Ctrl-C stops the run at the next step boundary with a checkpoint (exit code 128 + the signal).
 
 `train` is the run, top to bottom; what it calls lives in a module named for its job: the recipe (fields, parsing,
 validation, dataset preset) in `training/recipe.py`, the data and the resumable sampler in `training/data.py`, the
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
 import time
 import uuid
@@ -29,17 +32,21 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import is_tensorboard_available, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, is_tensorboard_available, set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict, load_checkpoint
 from training.checkpoints import (
     TRAINER_STATE_KEYS,
+    CheckpointWriteError,
     checkpoints_to_resume,
     clear_interrupted_removals,
+    decide_on_main_process,
     load_newest,
     save_checkpoint,
+    write_failure,
 )
 from training.data import (
     EpochShuffleSampler,
@@ -64,7 +71,13 @@ from training.recipe import (
     run_identity,
     scales_from_data,
 )
-from training.run_folder import append_loss_record, claim_output_dir, record_run
+from training.run_folder import (
+    StopRequest,
+    TrainingInterrupted,
+    append_loss_record,
+    claim_output_dir,
+    record_run,
+)
 from training.synthetic import generate as generate_synthetic
 from training.transforms import TrainTransform, single_threaded_opencv
 
@@ -226,8 +239,10 @@ def train(
     data_args: DataArguments,
     args: TrainArguments,
     output_dir: Path,
+    stop: StopRequest | None = None,
 ) -> dict:
-    """The run itself, in a locked output folder with logging set up (see :func:`main`)."""
+    """The run itself, in a locked output folder with logging set up (see :func:`main`); `stop` ends it at a step
+    boundary with a checkpoint (:class:`TrainingInterrupted`)."""
     set_seed(args.seed)
     saved_config = (
         SegRetConfig.from_pretrained(model_args.model_name_or_path) if model_args.model_name_or_path else None
@@ -236,11 +251,13 @@ def train(
     variant = model_variant(saved_config) if saved_config is not None else model_args.variant
     preset = resolve_preset(data_args, variant)
 
-    # ---- which run: a new one, or the checkpoint to resume (checked now, before the data and model are built)
+    # ---- which run: a new one, or the checkpoint to resume (checked now, before the data and model are built);
+    # the main process decides, so every machine resumes the same checkpoint
     identity = run_identity(model_args, args, preset, accelerator.num_processes)
-    candidates = checkpoints_to_resume(
-        output_dir, args.resume_from_checkpoint, identity, args.ignore_run_mismatch, args.overwrite_output_dir
-    )
+    candidates = decide_on_main_process(
+        accelerator, checkpoints_to_resume, output_dir, args.resume_from_checkpoint, identity,
+        args.ignore_run_mismatch, args.overwrite_output_dir,
+    )  # fmt: skip
     if args.resume_from_checkpoint and not candidates:
         logger.warning(f"No checkpoint in {output_dir}: starting from scratch", main_process_only=True)
     if saved_config is not None:
@@ -298,6 +315,13 @@ def train(
         step, epoch, batch_in_epoch = (state[key] for key in TRAINER_STATE_KEYS)
         run_id = state.get("run_id") or run_id
         logger.info(f"Resumed from {checkpoint} at step {step}", main_process_only=True)
+        if scheduler.scheduler.last_epoch != step:
+            # Checkpoints written before the schedule was stepped once per optimizer step stepped it once per process.
+            logger.warning(
+                f"{checkpoint} stored the schedule at step {scheduler.scheduler.last_epoch}: set to step {step}",
+                main_process_only=True,
+            )
+            set_schedule_step(scheduler.scheduler, step)
     run = {"run_id": run_id, "identity": identity}
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if accelerator.is_main_process:
@@ -338,13 +362,15 @@ def train(
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:  # once per optimizer step, whatever the number of processes
+                    scheduler.step()
                 optimizer.zero_grad()
             batch_in_epoch += 1
             window_images += batch["pixel_values"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            signal_number = stop.pending(accelerator) if stop is not None else 0  # the same on every process
             progress.update(1)
             if step % args.logging_steps == 0 or step == stop_at:
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
@@ -376,11 +402,19 @@ def train(
                 logger.info(json.dumps(record), main_process_only=True)
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 window_start, window_images = time.perf_counter(), 0
-            if step % args.save_steps == 0 or step == stop_at:
+            if step % args.save_steps == 0 or step == stop_at or signal_number:
                 saved = save_checkpoint(
                     accelerator, output_dir, step, epoch, batch_in_epoch, args.save_total_limit, run
                 )
                 logger.info(f"Checkpoint saved to {saved}", main_process_only=True)
+            if signal_number:
+                progress.close()
+                message = (
+                    f"Stopped by {signal.Signals(signal_number).name} at step {step} of {args.max_steps}, checkpoint "
+                    f"{saved}; resume with the same command and --resume_from_checkpoint latest"
+                )
+                logger.warning(message, main_process_only=True)
+                raise TrainingInterrupted(signal_number, message)
             if step % args.eval_steps == 0 and step < args.max_steps:
                 eval_results = evaluate_model(model, accelerator, eval_dataset, preset, data_args)
                 accelerator.log({"eval/mean_iou": eval_results["mean_iou"]}, step=step)
@@ -403,13 +437,7 @@ def train(
         # Without SyncBatchNorm (CPU) each process has its own BatchNorm statistics: save (and evaluate) rank 0's.
         for buffer in accelerator.unwrap_model(model).buffers():
             torch.distributed.broadcast(buffer, src=0)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if any(isinstance(module, torch.nn.SyncBatchNorm) for module in unwrapped.modules()):
-            unwrapped = revert_sync_batchnorm(unwrapped)
-        unwrapped.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        logger.info(f"Model saved to {output_dir}", main_process_only=True)
+    save_final_model(accelerator, model, processor, output_dir, step)
     eval_results = evaluate_model(
         model, accelerator, eval_dataset, preset, data_args, overlay_dir=output_dir / "overlays",
         num_overlays=args.num_overlays,
@@ -427,6 +455,80 @@ def train(
     return {"global_step": step, "history": history, "eval": eval_results}
 
 
+def set_schedule_step(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Puts the schedule at optimizer step `step` (the learning rates of its parameter groups included)."""
+    scheduler.last_epoch = step
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+def save_final_model(
+    accelerator: Accelerator, model, processor: SegRetImageProcessor, output_dir: Path, step: int
+) -> None:
+    """`save_pretrained` of the model and processor by the main process, into a temporary folder moved into place:
+    a failed write (full disk) leaves no half-written model, keeps the checkpoint of the last step and says how to
+    save from it."""
+    error = None
+    if accelerator.is_main_process:
+        temporary = output_dir / ".tmp-model"
+        unwrapped = accelerator.unwrap_model(model)
+        try:
+            if any(isinstance(module, torch.nn.SyncBatchNorm) for module in unwrapped.modules()):
+                unwrapped = revert_sync_batchnorm(unwrapped)
+            unwrapped.save_pretrained(temporary)
+            processor.save_pretrained(temporary)
+            for file in temporary.iterdir():
+                os.replace(file, output_dir / file.name)
+            temporary.rmdir()
+        except (OSError, RuntimeError, SafetensorError) as err:
+            shutil.rmtree(temporary, ignore_errors=True)
+            weights = sum(tensor.numel() * tensor.element_size() for tensor in unwrapped.state_dict().values())
+            error = write_failure(err, output_dir, weights)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise CheckpointWriteError(
+            f"Could not save the final model to {output_dir}: {error}. The trained state is kept in "
+            f"{output_dir / f'checkpoint-{step}'}: free space, then rerun the same command with "
+            "--resume_from_checkpoint latest, which loads it and only saves and evaluates the model."
+        )
+    logger.info(f"Model saved to {output_dir}", main_process_only=True)
+
+
+def refuse_unsupported_distribution(accelerator: Accelerator | None = None) -> None:
+    """SegRet trains with DDP; FSDP and DeepSpeed would be silently misused (evaluation and the final save read the
+    unwrapped model on the main process), so they are refused before any data or model is loaded: as the launcher
+    asks for them (its environment; before the Accelerator, which may fail on them first) and as it was set up."""
+    requested = {
+        "FSDP": os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"),
+        "DeepSpeed": os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"),
+    }
+    if accelerator is not None:
+        requested["FSDP"] |= accelerator.distributed_type == DistributedType.FSDP
+        requested["DeepSpeed"] |= accelerator.distributed_type == DistributedType.DEEPSPEED
+    for name, asked in requested.items():
+        if asked:
+            raise ValueError(
+                f"{name} is not supported by training/train.py: it trains with DDP (the largest SegRet, about 96M "
+                "parameters, fits one GPU). Launch with `accelerate launch --multi_gpu --num_processes N "
+                f"training/train.py ...` (without --use_{name.lower()}, or choose multi-GPU in `accelerate config`)."
+            )
+
+
+def warn_about_lost_processes(accelerator: Accelerator) -> None:
+    """`accelerate launch --num_processes N` without `--multi_gpu` on a machine without GPUs starts one process that
+    knows of no others (it sets MASTER_ADDR, never WORLD_SIZE): say so, instead of training silently on one."""
+    launched_alone = "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ
+    if launched_alone and "WORLD_SIZE" not in os.environ and accelerator.num_processes == 1:
+        logger.warning(
+            "accelerate launch was asked for several processes or machines, but this is a single process: on a "
+            "machine without GPUs add --multi_gpu (`accelerate launch --multi_gpu --num_processes N ...`; "
+            "--num_processes is the total over all machines)",
+            main_process_only=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`train.py RECIPE [--field value ...]`: parses and checks the recipe, sets up Accelerate, claims the output
     folder, then runs :func:`train`. Returns its result (the step reached, the logged losses, the final scores)."""
@@ -435,24 +537,40 @@ def main(argv: list[str] | None = None) -> dict:
     report_to = args.report_to
     if report_to == "auto":
         report_to = "tensorboard" if is_tensorboard_available() else "none"
+    refuse_unsupported_distribution()
     accelerator = Accelerator(
         # accelerate counts a multi-process launch without GPUs as distributed only with cpu=True
         cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
+        # The schedule counts optimizer steps: stepped by the loop, not once per process by Accelerate.
+        step_scheduler_with_optimizer=False,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if report_to == "none" else report_to,
         project_dir=str(output_dir),
     )
-    with claim_output_dir(output_dir, accelerator):  # the lock, train.log, and the traceback of a failure
-        result = train(accelerator, model_args, data_args, args, output_dir)
+    refuse_unsupported_distribution(accelerator)
+    warn_about_lost_processes(accelerator)
+    interrupted = None
+    # the lock, the shared-folder check, train.log, SIGTERM/SIGINT, and the traceback of a failure
+    with claim_output_dir(output_dir, accelerator) as stop:
+        try:
+            result = train(accelerator, model_args, data_args, args, output_dir, stop)
+        except TrainingInterrupted as stopped:
+            interrupted = stopped.with_traceback(None)  # drop train()'s frames: its model and loaders go now
     # Only now that train()'s model (DDP) and loaders are gone: freeing them after the process group can hang.
     accelerator.end_training()
+    if interrupted is not None:
+        raise interrupted
     return result
 
 
 if __name__ == "__main__":
     try:
         main()
+    except TrainingInterrupted as stopped:  # logged with where to resume
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C
+        sys.exit(128 + signal.SIGINT)
     except (ValueError, RuntimeError, FileNotFoundError, FloatingPointError) as error:  # the message says what to do
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
