@@ -18,7 +18,7 @@ import argparse
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -498,41 +498,124 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
 
 # ------------------------------------------------------------------------------------------------ label check
+def scan_labels(dataset: SegmentationDataset, indices: Iterable[int]) -> tuple[dict[int, int], list[tuple[int, str]]]:
+    """Raw label histogram of rows ``indices`` and their problems, ``(row, "values ...")`` or an unreadable label's
+    error: collected, never raised, so every bad row of every process can be reported at once."""
+    preset = dataset.preset
+    raw_hist: dict[int, int] = {}
+    problems = []
+    for index in indices:
+        try:
+            raw = dataset.raw_label(index)
+        except DataError as err:
+            problems.append((index, str(err)))
+            continue
+        values, counts = np.unique(raw, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            raw_hist[value] = raw_hist.get(value, 0) + count
+        bad = preset.invalid_values(values)
+        if len(bad):
+            problems.append((index, f"values {_short(bad)}"))
+    return raw_hist, problems
+
+
+def label_check_error(
+    preset: DatasetPreset, rows: int, raw_hist: dict[int, int], problems: list[tuple[int, str]]
+) -> DataError:
+    """One error listing the bad rows (the first 20, in row order) and the raw histogram."""
+    listed = "; ".join(f"row {index}: {problem}" for index, problem in sorted(problems)[:20])
+    return DataError(
+        f"label check failed for column '{preset.label_column}' ({preset.name}: {preset.raw_range}) in "
+        f"{len(problems)} of {rows} rows: {listed}. Raw histogram: {dict(sorted(raw_hist.items()))}"
+    )
+
+
 def verify_labels(dataset: SegmentationDataset, num_rows: int) -> dict[str, Any]:
     """Histogram of raw label values (and train ids) over the first ``num_rows`` rows; raises on bad values.
 
     Every bad row is listed in one :class:`DataError`, so one run shows the whole extent of an encoding mismatch.
     """
     preset = dataset.preset
-    raw_hist: dict[int, int] = {}
-    problems = []
     rows = min(int(num_rows), len(dataset))
-    for index in range(rows):
-        raw = dataset.raw_label(index)
-        values, counts = np.unique(raw, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            raw_hist[value] = raw_hist.get(value, 0) + count
-        bad = preset.invalid_values(values)
-        if len(bad):
-            problems.append(f"row {index}: values {_short(bad)}")
+    raw_hist, problems = scan_labels(dataset, range(rows))
+    if problems:
+        raise label_check_error(preset, rows, raw_hist, problems)
     raw_hist = dict(sorted(raw_hist.items()))
     train_hist: dict[int, int] = {}
     for value, count in raw_hist.items():
-        if not len(preset.invalid_values(np.array([value]))):
-            train_id = int(preset.label_lut[value])
-            train_hist[train_id] = train_hist.get(train_id, 0) + count
-    report = {
+        train_id = int(preset.label_lut[value])
+        train_hist[train_id] = train_hist.get(train_id, 0) + count
+    return {
         "preset": preset.name,
         "rows_checked": rows,
         "raw_histogram": raw_hist,
         "train_id_histogram": dict(sorted(train_hist.items())),
     }
-    if problems:
-        raise DataError(
-            f"label check failed for column '{preset.label_column}' ({preset.name}: {preset.raw_range}) in "
-            f"{len(problems)} of {rows} rows: " + "; ".join(problems[:20]) + f". Raw histogram: {raw_hist}"
-        )
-    return report
+
+
+def label_check_key(dataset: SegmentationDataset) -> str:
+    """What a finished label check of ``dataset`` depends on: its rows (the ``datasets`` fingerprint, plus the size
+    and modification time of label files referenced by path, whose content the fingerprint does not cover) and the
+    label mapping (column, raw range, lookup table)."""
+    import hashlib
+
+    preset = dataset.preset
+    digest = hashlib.sha256()
+    for part in (dataset.dataset._fingerprint, len(dataset), preset.name, preset.label_column, preset.raw_range):
+        digest.update(repr(part).encode() + b"\0")
+    digest.update(np.asarray(preset.label_lut).tobytes())
+    column = dataset.dataset.data.column(preset.label_column)
+    if isinstance(dataset.dataset.features[preset.label_column], datasets.Image):
+        for chunk in column.chunks:  # struct<bytes, path>; only the (small) path column is read
+            if chunk.field("bytes").null_count:
+                for path in chunk.field("path").to_pylist():
+                    stat = Path(path).stat() if path and Path(path).exists() else None
+                    digest.update(f"{path}:{stat and (stat.st_size, stat.st_mtime_ns)}\0".encode())
+    return digest.hexdigest()
+
+
+def check_split_labels(
+    dataset: SegmentationDataset,
+    cache_file: Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[Any], list] | None = None,
+) -> bool:
+    """Checks every label of ``dataset`` once: each of ``world_size`` processes scans rows ``rank::world_size``, the
+    results are combined with ``gather`` (all processes' objects, in rank order; e.g. accelerate's
+    ``gather_object`` on a one-element list), and every process raises the same :class:`DataError` listing the bad
+    rows of all of them.
+
+    A passed check is recorded in ``cache_file`` under :func:`label_check_key`, so the next start on the same data
+    (a resume) skips it. Returns whether the rows were scanned (False: the cache says they were checked already).
+    """
+    key = label_check_key(dataset)
+    if cache_file is not None and cache_file.is_file():
+        try:
+            if key in json.loads(cache_file.read_text()).get("passed", {}):
+                return False
+        except (OSError, ValueError):
+            pass  # an unreadable cache: check again, then rewrite it
+    raw_hist, problems = scan_labels(dataset, range(rank, len(dataset), world_size))
+    shards = gather([(raw_hist, problems)]) if gather is not None else [(raw_hist, problems)]
+    all_problems = [problem for _, shard_problems in shards for problem in shard_problems]
+    if all_problems:
+        combined: dict[int, int] = {}
+        for shard_hist, _ in shards:
+            for value, count in shard_hist.items():
+                combined[value] = combined.get(value, 0) + count
+        raise label_check_error(dataset.preset, len(dataset), combined, all_problems)
+    if cache_file is not None and rank == 0:
+        try:
+            passed = json.loads(cache_file.read_text()).get("passed", {}) if cache_file.is_file() else {}
+        except (OSError, ValueError):
+            passed = {}
+        passed[key] = {"rows": len(dataset), "split": dataset.split, "source": dataset.source}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f".{cache_file.name}.tmp")
+        temporary.write_text(json.dumps({"passed": passed}, indent=2) + "\n")
+        temporary.replace(cache_file)  # a kill never leaves half a cache
+    return True
 
 
 def format_histogram(report: dict[str, Any], preset: DatasetPreset) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import is_tensorboard_available, set_seed
+from accelerate.utils import gather_object, is_tensorboard_available, set_seed
 from tqdm.auto import tqdm
 
 from modeling_segret import SegRetConfig, SegRetForSemanticSegmentation, SegRetImageProcessor, segret_variant_config
@@ -46,9 +46,9 @@ from training.data import (
     SeededAugmentation,
     SegmentationDataset,
     build_dataset,
+    check_split_labels,
     collate_train,
     single_split_source,
-    verify_labels,
 )
 from training.evaluation import evaluate_segmentation, model_variant, summarize
 from training.metrics import format_table
@@ -66,6 +66,7 @@ from training.run_folder import append_loss_record, claim_output_dir, record_run
 from training.synthetic import generate as generate_synthetic
 from training.transforms import TrainTransform
 
+LABEL_CHECK_FILE = "label_check.json"  # in the output folder: the evaluation label checks that passed
 logger = get_logger(__name__)  # accelerate's: main_process_only=...; needs an Accelerator
 
 
@@ -110,7 +111,7 @@ def warmup_poly_schedule(args: TrainArguments) -> Callable[[int], float]:
 
 # ------------------------------------------------------------------------------------------------ data and model
 def load_data(
-    accelerator: Accelerator, preset: DatasetPreset, data_args: DataArguments
+    accelerator: Accelerator, preset: DatasetPreset, data_args: DataArguments, output_dir: Path
 ) -> tuple[DatasetPreset, SegmentationDataset, SegmentationDataset, str | None]:
     """The training and evaluation splits, every evaluation label checked; returns the preset (the generic one with
     the scales of its data), both datasets, and where the evaluation data came from."""
@@ -143,10 +144,19 @@ def load_data(
         **dataset_kwargs,
     )  # fmt: skip
     # A bad label in the evaluation split would otherwise surface only after training, at the first evaluation.
+    # Each process scans its share; a passed check is remembered in the output folder, so a resume skips it.
     started = time.perf_counter()
-    verify_labels(eval_dataset, len(eval_dataset))
+    scanned = check_split_labels(
+        eval_dataset,
+        output_dir / LABEL_CHECK_FILE,
+        accelerator.process_index,
+        accelerator.num_processes,
+        gather_object,
+    )
     logger.info(
-        f"Evaluation labels checked: {len(eval_dataset)} rows in {time.perf_counter() - started:.1f} s",
+        f"Evaluation labels checked: {len(eval_dataset)} rows in {time.perf_counter() - started:.1f} s"
+        if scanned
+        else f"Evaluation labels: {len(eval_dataset)} rows passed the check before ({output_dir / LABEL_CHECK_FILE})",
         main_process_only=True,
     )
     return preset, train_dataset, eval_dataset, eval_source
@@ -250,7 +260,7 @@ def train(
             )
 
     # ---- data: the order of the training samples depends only on (seed, epoch), so a resume continues it exactly
-    preset, train_dataset, eval_dataset, eval_source = load_data(accelerator, preset, data_args)
+    preset, train_dataset, eval_dataset, eval_source = load_data(accelerator, preset, data_args, output_dir)
     train_data = SeededAugmentation(train_dataset, args.seed)
     sampler = EpochShuffleSampler(
         len(train_data),
