@@ -236,3 +236,46 @@ def test_demo_learns_far_above_the_majority_baseline(tmp_path):
     )
     # Predicting the most frequent class everywhere scores about 0.04 mIoU on these scenes.
     assert result["eval"]["mean_iou"] > 0.25, result["eval"]["mean_iou"]
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+def parquet_scenes(root: Path, num_train: int = 8, num_validation: int = 4, train_shards: int = 2) -> Path:
+    """The synthetic scenes as Hub-style parquet shards: data/train-0000i-of-0000N.parquet, data/validation-..."""
+    import datasets
+
+    saved = datasets.load_from_disk(str(generate(root / "saved", num_train=num_train, num_validation=num_validation)))
+    (root / "parquet" / "data").mkdir(parents=True)
+    for split, shards in (("train", train_shards), ("validation", 1)):
+        for index in range(shards):
+            shard = saved[split].shard(shards, index, contiguous=True)
+            shard.to_parquet(str(root / "parquet" / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+    return root / "parquet"
+
+
+@pytest.fixture(scope="module")
+def streamed_scenes(tmp_path_factory) -> Path:
+    return parquet_scenes(tmp_path_factory.mktemp("streamed"))
+
+
+@pytest.mark.slow
+def test_streaming_resume_mid_epoch_logs_identical_losses(streamed_scenes, tmp_path):
+    """8 rows, batches of 2: 4 batches an epoch. Stopped at step 5 (epoch 1, one batch in) and resumed, the run logs
+    the losses of an uninterrupted one; DataLoader workers do not change the order."""
+    streaming = ("--streaming", "--shuffle_buffer_size", "3", "--eval_steps", "100", "--num_overlays", "0")
+    uninterrupted = train.main(tiny_run(streamed_scenes, tmp_path / "a", *streaming))["history"]
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    workers = ("--dataloader_num_workers", "2")
+    first = train.main(tiny_run(streamed_scenes, tmp_path / "b", *streaming, *workers, "--stop_after_steps", "5"))
+    state = json.loads((tmp_path / "b" / "checkpoint-5" / "rank_state_0.json").read_text())
+    assert state == {"epoch": 1, "batch_in_epoch": 1}
+    AcceleratorState._reset_state(reset_partial_state=True)
+    second = train.main(tiny_run(streamed_scenes, tmp_path / "b", *streaming, "--resume_from_checkpoint", "latest"))
+
+    resumed = first["history"] + second["history"]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in uninterrupted]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match="written by a run with --streaming; resume it with --streaming"):
+        train.main(tiny_run(streamed_scenes, tmp_path / "b", "--resume_from_checkpoint", "latest", "--max_steps", "7",
+                            "--ignore_run_mismatch"))  # fmt: skip

@@ -208,10 +208,12 @@ def save_checkpoint(
     batch: int,
     limit: int,
     run: dict | None = None,
+    rank_state: dict | None = None,
 ) -> Path:
     """Accelerate state in a temporary folder, renamed into place once complete; keeps this run's newest `limit`.
 
-    `run` ({"run_id": ..., "identity": {...}}) is stored in the trainer state, with every file's size.
+    `run` ({"run_id": ..., "identity": {...}}) is stored in the trainer state, with every file's size; `rank_state`,
+    given by every process, in `rank_state_<process>.json` (:func:`read_rank_state`).
     """
     final = output_dir / f"checkpoint-{step}"
     temporary = output_dir / f".tmp-checkpoint-{step}"
@@ -219,6 +221,8 @@ def save_checkpoint(
         shutil.rmtree(temporary)  # left over by a crash
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    if rank_state is not None:  # this process's own data position (a stream's epoch and batch differ per process)
+        (temporary / rank_state_file(accelerator.process_index)).write_text(json.dumps(rank_state))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {
@@ -248,6 +252,16 @@ def save_checkpoint(
             remove_folder(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def rank_state_file(process_index: int) -> str:
+    return f"rank_state_{process_index}.json"
+
+
+def read_rank_state(checkpoint: Path, process_index: int) -> dict | None:
+    """The `rank_state` that process `process_index` saved in `checkpoint` (:func:`save_checkpoint`), or None."""
+    path = checkpoint / rank_state_file(process_index)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_newest(accelerator: Accelerator, candidates: list[Path]) -> tuple[Path, dict] | None:

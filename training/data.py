@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import datasets.distributed
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -312,18 +313,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The decoded image and the *raw* label map of row ``index`` (no mapping, no transform)."""
-        row = self.dataset[int(index)]
-        image_cell, label_cell = row[self.preset.image_column], row[self.preset.label_column]
-        where = self._where(index)
-        image = read_image(image_cell, f"{where}column '{self.preset.image_column}' {_cell_file(image_cell)}")
-        label = read_label(label_cell, f"{where}column '{self.preset.label_column}' {_cell_file(label_cell)}")
-        # Both were turned upright by their EXIF orientation before this check.
-        if image.shape[:2] != label.shape:
-            raise DataError(
-                f"{where}image {_cell_file(image_cell)}is {image.shape[1]}x{image.shape[0]} (WxH) but label "
-                f"'{self.preset.label_column}' {_cell_file(label_cell)}is {label.shape[1]}x{label.shape[0]}"
-            )
-        return image, label
+        return decode_row(self.dataset[int(index)], self.preset, self._where(index))
 
     def raw_label(self, index: int) -> np.ndarray:
         """The *raw* label map of row ``index`` alone (no image decoded): for fast label scans."""
@@ -339,14 +329,33 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def get_item(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Item ``index`` with the transform's random draws taken from ``rng`` (default: a per-worker stream)."""
-        image, raw = self.raw_item(index)
-        cell = self.dataset[int(index)][self.preset.label_column]
-        label = self.preset.map_labels(
-            raw, f"{self._where(index)}column '{self.preset.label_column}' {_cell_file(cell)}"
-        )
-        item = self.transform(image, label, rng)
+        item = transformed_row(self.dataset[int(index)], self.preset, self.transform, rng, self._where(index))
         item["index"] = int(index)
         return item
+
+
+def decode_row(row: dict[str, Any], preset: DatasetPreset, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded image and the *raw* label map of a row's undecoded cells; ``where`` names the row in errors."""
+    image_cell, label_cell = row[preset.image_column], row[preset.label_column]
+    image = read_image(image_cell, f"{where}column '{preset.image_column}' {_cell_file(image_cell)}")
+    label = read_label(label_cell, f"{where}column '{preset.label_column}' {_cell_file(label_cell)}")
+    # Both were turned upright by their EXIF orientation before this check.
+    if image.shape[:2] != label.shape:
+        raise DataError(
+            f"{where}image {_cell_file(image_cell)}is {image.shape[1]}x{image.shape[0]} (WxH) but label "
+            f"'{preset.label_column}' {_cell_file(label_cell)}is {label.shape[1]}x{label.shape[0]}"
+        )
+    return image, label
+
+
+def transformed_row(
+    row: dict[str, Any], preset: DatasetPreset, transform: Any, rng: np.random.Generator | None, where: str
+) -> dict[str, Any]:
+    """A row decoded, its labels mapped to train ids, then ``transform``-ed with draws from ``rng``."""
+    image, raw = decode_row(row, preset, where)
+    cell = row[preset.label_column]
+    label = preset.map_labels(raw, f"{where}column '{preset.label_column}' {_cell_file(cell)}")
+    return transform(image, label, rng)
 
 
 def build_dataset(
@@ -495,6 +504,134 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, self.epoch, index]))
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+class TrainStream:
+    """One process's share of a training split read as a ``datasets.IterableDataset``: nothing is converted or
+    cached, rows are read as they are used.
+
+    ``stream`` holds the undecoded image and label columns, already split between the processes
+    (``split_dataset_by_node``: whole shards when their number divides evenly, else every ``world_size``-th row) and
+    shuffled (shard order and a ``shuffle_buffer_size`` buffer, seeded by seed + epoch).
+    """
+
+    def __init__(
+        self, stream: datasets.IterableDataset, preset: DatasetPreset, transform: Any, split: str, source: str
+    ) -> None:
+        self.stream, self.preset, self.transform, self.split, self.source = stream, preset, transform, split, source
+
+
+def load_train_stream(
+    preset: DatasetPreset,
+    source: str | None,
+    split: str,
+    *,
+    seed: int,
+    shuffle_buffer_size: int,
+    rank: int,
+    world_size: int,
+    revision: str | None = None,
+    data_dir: str | None = None,
+) -> TrainStream:
+    """The training split of a Hub id or of local parquet files (a file, or a folder such as ``data/train-*.parquet``)
+    as a :class:`TrainStream` for process ``rank`` of ``world_size``, with the preset's training augmentation."""
+    if source is None:
+        if preset.hub_id is None:
+            raise DataError(f"the {preset.name} preset has no default source; pass a Hub id or local parquet files")
+        source, revision, data_dir = preset.hub_id, revision or preset.hub_revision, data_dir or preset.hub_data_dir
+    path = Path(source)
+    kwargs: dict[str, Any] = {}
+    if revision:
+        kwargs["revision"] = revision
+    if data_dir:
+        kwargs["data_dir"] = data_dir
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise DataError(f"--streaming reads parquet files or a Hub dataset; {source} is a {path.suffix} file")
+        stream = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split, streaming=True)
+    elif path.is_dir() and not list(path.rglob("*.parquet")):
+        raise DataError(
+            f"--streaming reads parquet files or a Hub dataset, and {source} holds no parquet file (a save_to_disk "
+            "folder or image folders?). Train without --streaming: those are read in place, without conversion."
+        )
+    else:
+        try:  # split names from the files' names or the Hub's metadata; nothing is downloaded
+            available = datasets.get_dataset_split_names(source, **kwargs)
+        except Exception as err:  # datasets raises many types for an unreadable source
+            raise DataError(f"{source}: cannot list its splits to stream ({type(err).__name__}: {err})") from err
+        split = _pick_split(available, split, source)
+        stream = datasets.load_dataset(source, split=split, streaming=True, **kwargs)
+    columns = [preset.image_column, preset.label_column]
+    if stream.features is not None:
+        missing = [c for c in columns if c not in stream.features]
+        if missing:
+            raise DataError(
+                f"{source} (split {split!r}) has no column {', '.join(map(repr, missing))}; columns are "
+                f"{list(stream.features)}. Pass --image_column/--label_column to choose others."
+            )
+    stream = stream.select_columns(columns)
+    for column in columns:  # undecoded: images are decoded in the DataLoader workers, with row-level errors
+        if stream.features is not None and isinstance(stream.features[column], datasets.Image):
+            stream = stream.cast_column(column, datasets.Image(decode=False))
+    stream = datasets.distributed.split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+    transform = TrainTransform(preset.train_scale, preset.crop_size)
+    return TrainStream(stream, preset, transform, split, str(source))
+
+
+class StreamBatchSampler(torch.utils.data.Sampler[list]):
+    """Batches of ``(position, row)`` read from a :class:`TrainStream` in this process, ``start_batch`` batches into
+    epoch ``epoch``; the DataLoader's workers only decode and augment (:class:`StreamAugmentation`).
+
+    Reading the stream here, in one place, keeps its order independent of the number of workers. A resume re-reads
+    (without decoding) the rows of the epoch already used and drops them: ``datasets``' own ``state_dict()`` does not
+    hold the shuffle buffer's rows, and restoring it would skip them and change the order. Each epoch drops an
+    incomplete last batch.
+    """
+
+    def __init__(self, train_stream: TrainStream, batch_size: int) -> None:
+        self.train_stream, self.batch_size = train_stream, batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        stream = self.train_stream.stream
+        stream.set_epoch(self.epoch)
+        skip = self.start_batch * self.batch_size
+        batch, yielded = [], False
+        for position, row in enumerate(stream):
+            if position < skip:
+                continue
+            batch.append((position, row))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch, yielded = [], True
+        if not yielded and skip == 0:
+            raise DataError(
+                f"{self.train_stream.source}: this process's share of split {self.train_stream.split!r} has fewer "
+                f"rows than one batch ({self.batch_size}); use fewer processes, a smaller batch or more data"
+            )
+
+
+class StreamAugmentation(torch.utils.data.Dataset):
+    """Decodes and augments the ``(position, row)`` items of :class:`StreamBatchSampler`, drawing each sample's
+    augmentation from a generator seeded by (seed, epoch, rank, position): the same crops after a resume."""
+
+    def __init__(self, train_stream: TrainStream, seed: int, rank: int) -> None:
+        self.train_stream, self.seed, self.rank, self.epoch = train_stream, seed, rank, 0
+
+    def __getitem__(self, key: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+        position, row = key
+        stream = self.train_stream
+        where = f"{stream.source}: streamed row {position} of process {self.rank}'s share of split {stream.split!r} "
+        where += f"(epoch {self.epoch}): "
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, position])
+        item = transformed_row(row, stream.preset, stream.transform, rng, where)
+        item["index"] = position
+        return item
 
 
 # ------------------------------------------------------------------------------------------------ label check

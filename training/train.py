@@ -39,15 +39,20 @@ from training.checkpoints import (
     checkpoints_to_resume,
     clear_interrupted_removals,
     load_newest,
+    read_rank_state,
     save_checkpoint,
 )
 from training.data import (
     EpochShuffleSampler,
     SeededAugmentation,
     SegmentationDataset,
+    StreamAugmentation,
+    StreamBatchSampler,
+    TrainStream,
     build_dataset,
     check_split_labels,
     collate_train,
+    load_train_stream,
     single_split_source,
 )
 from training.evaluation import evaluate_segmentation, model_variant, summarize
@@ -111,10 +116,11 @@ def warmup_poly_schedule(args: TrainArguments) -> Callable[[int], float]:
 
 # ------------------------------------------------------------------------------------------------ data and model
 def load_data(
-    accelerator: Accelerator, preset: DatasetPreset, data_args: DataArguments, output_dir: Path
-) -> tuple[DatasetPreset, SegmentationDataset, SegmentationDataset, str | None]:
+    accelerator: Accelerator, preset: DatasetPreset, data_args: DataArguments, output_dir: Path, seed: int
+) -> tuple[DatasetPreset, SegmentationDataset | TrainStream, SegmentationDataset, str | None]:
     """The training and evaluation splits, every evaluation label checked; returns the preset (the generic one with
-    the scales of its data), both datasets, and where the evaluation data came from."""
+    the scales of its data), the training data (with `--streaming` this process's share of the stream, shuffled by
+    `seed`), the evaluation data, and where the evaluation data came from."""
     source = data_args.dataset_path
     if data_args.dataset == "synthetic" and (source is None or not Path(source).exists()):
         # Generated on first use (and again if the requested sizes change); an existing folder given is used as is.
@@ -130,11 +136,18 @@ def load_data(
             "--eval_dataset_path (a file, saved split, folder or Hub id), or give a folder with both splits."
         )
     dataset_kwargs = {"revision": data_args.dataset_revision, "data_dir": data_args.dataset_data_dir}
-    train_dataset = build_dataset(
-        preset, source=source, split=data_args.train_split, train=True, max_samples=data_args.max_train_samples,
-        **dataset_kwargs,
-    )  # fmt: skip
-    if preset.name == "generic":
+    if data_args.streaming:
+        train_dataset = load_train_stream(
+            preset, source, data_args.train_split or preset.train_split, seed=seed,
+            shuffle_buffer_size=data_args.shuffle_buffer_size, rank=accelerator.process_index,
+            world_size=accelerator.num_processes, **dataset_kwargs,
+        )  # fmt: skip
+    else:
+        train_dataset = build_dataset(
+            preset, source=source, split=data_args.train_split, train=True, max_samples=data_args.max_train_samples,
+            **dataset_kwargs,
+        )  # fmt: skip
+    if preset.name == "generic" and not data_args.streaming:  # streaming: the recipe gives the scales (recipe.py)
         preset = scales_from_data(preset, train_dataset, data_args)
         train_dataset.preset = preset
         train_dataset.transform = TrainTransform(preset.train_scale, preset.crop_size)
@@ -260,23 +273,27 @@ def train(
             )
 
     # ---- data: the order of the training samples depends only on (seed, epoch), so a resume continues it exactly
-    preset, train_dataset, eval_dataset, eval_source = load_data(accelerator, preset, data_args, output_dir)
-    train_data = SeededAugmentation(train_dataset, args.seed)
-    sampler = EpochShuffleSampler(
-        len(train_data),
-        args.per_device_train_batch_size,
-        args.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+    preset, train_dataset, eval_dataset, eval_source = load_data(accelerator, preset, data_args, output_dir, args.seed)
+    if data_args.streaming:  # read in this process, in batches; the workers decode and augment
+        train_data = StreamAugmentation(train_dataset, args.seed, accelerator.process_index)
+        sampler = StreamBatchSampler(train_dataset, args.per_device_train_batch_size)
+        batching = {"batch_sampler": sampler}
+    else:
+        train_data = SeededAugmentation(train_dataset, args.seed)
+        sampler = EpochShuffleSampler(
+            len(train_data),
+            args.per_device_train_batch_size,
+            args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        batching = {"batch_size": args.per_device_train_batch_size, "sampler": sampler, "drop_last": True}
     train_loader = torch.utils.data.DataLoader(
         train_data,
-        batch_size=args.per_device_train_batch_size,
-        sampler=sampler,
+        **batching,
         collate_fn=collate_train,
         num_workers=data_args.dataloader_num_workers,
         pin_memory=accelerator.device.type == "cuda",
-        drop_last=True,
         persistent_workers=False,
         # Worker seeds come from this generator, not the global RNG, so creating a loader consumes no global draws.
         generator=torch.Generator().manual_seed(args.seed),
@@ -301,6 +318,15 @@ def train(
         checkpoint, state = loaded
         step, epoch, batch_in_epoch = (state[key] for key in TRAINER_STATE_KEYS)
         run_id = state.get("run_id") or run_id
+        # A stream's position is each process's own: its share of the rows, hence its epochs, differ in length.
+        rank_state = read_rank_state(checkpoint, accelerator.process_index)
+        if data_args.streaming != (rank_state is not None):
+            raise ValueError(
+                f"{checkpoint} was written by a run {'without' if data_args.streaming else 'with'} --streaming; "
+                f"resume it {'without' if data_args.streaming else 'with'} --streaming (the data position differs)"
+            )
+        if rank_state is not None:
+            epoch, batch_in_epoch = rank_state["epoch"], rank_state["batch_in_epoch"]
         logger.info(f"Resumed from {checkpoint} at step {step}", main_process_only=True)
     run = {"run_id": run_id, "identity": identity}
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -312,7 +338,8 @@ def train(
         record_run(output_dir, run, recipe, step)
     accelerator.init_trackers("segret", config={k: v for k, v in asdict(args).items() if v is not None})
     logger.info(
-        f"SegRet-{model_args.variant} on {preset.name}: {len(train_dataset)} training images, {len(eval_dataset)} for "
+        f"SegRet-{model_args.variant} on {preset.name}: "
+        f"{'streamed' if data_args.streaming else len(train_dataset)} training images, {len(eval_dataset)} for "
         f"evaluation; {args.max_steps} steps of {global_batch} images; output in {output_dir}",
         main_process_only=True,
     )
@@ -370,8 +397,9 @@ def train(
                 window_start, window_images = time.perf_counter(), 0
             if step % args.save_steps == 0 or step == stop_at:
                 saved = save_checkpoint(
-                    accelerator, output_dir, step, epoch, batch_in_epoch, args.save_total_limit, run
-                )
+                    accelerator, output_dir, step, epoch, batch_in_epoch, args.save_total_limit, run,
+                    rank_state={"epoch": epoch, "batch_in_epoch": batch_in_epoch} if data_args.streaming else None,
+                )  # fmt: skip
                 logger.info(f"Checkpoint saved to {saved}", main_process_only=True)
             if step % args.eval_steps == 0 and step < args.max_steps:
                 eval_results = evaluate_model(model, accelerator, eval_dataset, preset, data_args)
