@@ -1,6 +1,7 @@
 """Presets on tiny datasets written in each benchmark's real schema: loading, label mapping, augmentation, bad data."""
 
 import io
+from dataclasses import replace
 
 import datasets
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 from training.data import (
     MIN_PAIRING_ROWS,
     SegmentationDataset,
+    StreamAugmentation,
+    StreamBatchSampler,
     build_dataset,
     check_pairing,
     check_split_labels,
@@ -18,7 +21,9 @@ from training.data import (
     collate_train,
     format_histogram,
     load_split,
+    load_train_stream,
     main,
+    read_image,
     scan_labels,
     verify_labels,
     worker_init_fn,
@@ -428,6 +433,86 @@ def test_two_processes_check_labels_like_one(tmp_path):
     assert [r["error"] for r in results] == [str(single.value)] * 2
     assert results[0]["rows"] == [0, 2, 4, 6] and results[1]["rows"] == [1, 3, 5]
     assert [r["clean_scanned"] for r in results] == [True, True] and [r["rescanned"] for r in results] == [False] * 2
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+def _parquet_shards(root, num_rows=10, shards=2):
+    """A generic-preset training split as data/train-*.parquet shards; row i's label is filled with i % 3."""
+    (root / "data").mkdir(parents=True)
+    for shard in range(shards):
+        rows = range(shard, num_rows, shards)
+        table = {"image": [{"bytes": _jpeg(8, 8, i), "path": None} for i in rows],
+                 "label": [{"bytes": _png(np.full((8, 8), i % 3, np.uint8)), "path": None} for i in rows],
+                 "row": list(rows)}  # fmt: skip
+        features = datasets.Features({**IMAGE_FEATURES_GENERIC, "row": datasets.Value("int64")})
+        datasets.Dataset.from_dict(table, features=features).to_parquet(
+            str(root / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet")
+        )
+    return root
+
+
+IMAGE_FEATURES_GENERIC = {"image": datasets.Image(), "label": datasets.Image()}
+
+
+def _streamed_rows(root, rank, world_size, epoch=0, start_batch=0, batch_size=2, buffer=4):
+    preset = replace(get_preset("generic", num_labels=3), crop_size=(8, 8), train_scale=(8, 8))
+    stream = load_train_stream(
+        preset, str(root), "train", seed=0, shuffle_buffer_size=buffer, rank=rank, world_size=world_size
+    )
+    sampler = StreamBatchSampler(stream, batch_size)
+    sampler.set_position(epoch, start_batch)
+    return stream, [[read_image(row["image"]).tobytes() for _, row in batch] for batch in sampler]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])  # whole shards per process; every third row of the shuffled stream
+def test_stream_shares_rows_between_processes_and_reshuffles_each_epoch(tmp_path, world_size):
+    root = _parquet_shards(tmp_path, num_rows=12)
+    everything = {read_image({"bytes": _jpeg(8, 8, i), "path": None}).tobytes() for i in range(12)}
+    epochs = []
+    for epoch in (0, 1):
+        shares = [_streamed_rows(root, rank, world_size, epoch, batch_size=1)[1] for rank in range(world_size)]
+        seen = [[rows[0] for rows in share] for share in shares]
+        assert sum(map(len, seen)) == 12 and set().union(*map(set, seen)) == everything  # disjoint, complete
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # another order (and, with a split by rows, other rows per process)
+
+
+def test_stream_position_continues_the_same_batches(tmp_path):
+    root = _parquet_shards(tmp_path, num_rows=11, shards=1)
+    _, epoch = _streamed_rows(root, 0, 1, epoch=2)
+    assert len(epoch) == 5 and all(len(batch) == 2 for batch in epoch)  # the 11th row: no incomplete batch
+    assert _streamed_rows(root, 0, 1, epoch=2, start_batch=3)[1] == epoch[3:]
+
+
+def test_stream_augmentation_is_seeded_by_epoch_rank_and_position(tmp_path):
+    root = _parquet_shards(tmp_path, num_rows=4, shards=1)
+    stream, _ = _streamed_rows(root, 0, 1)
+    row = next(iter(stream.stream))
+    stream.transform = TrainTransform((16, 8), (8, 8))
+    augmentation = StreamAugmentation(stream, seed=0, rank=0)
+    first, again = augmentation[(5, row)], augmentation[(5, row)]
+    assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["index"] == 5
+    variants = [augmentation[(position, row)]["pixel_values"] for position in range(6)]
+    assert any(not torch.equal(variants[0], other) for other in variants[1:])
+
+
+def test_stream_refuses_what_it_cannot_stream(tmp_path):
+    preset = get_preset("generic", num_labels=3)
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": _rows([np.zeros((4, 4), np.uint8)], "label")}).save_to_disk(str(saved))
+    with pytest.raises(DataError, match="holds no parquet file .* Train without --streaming"):
+        load_train_stream(preset, str(saved), "train", seed=0, shuffle_buffer_size=1, rank=0, world_size=1)
+    root = _parquet_shards(tmp_path / "p", num_rows=2, shards=1)
+    with pytest.raises(DataError, match=r"has no column 'annotation'; columns are \['image', 'label', 'row'\]"):
+        load_train_stream(
+            get_preset("generic", num_labels=3, label_column="annotation"), str(root), "train", seed=0,
+            shuffle_buffer_size=1, rank=0, world_size=1,
+        )  # fmt: skip
+    with pytest.raises(DataError, match=r"split 'validation' not found"):
+        load_train_stream(preset, str(root), "validation", seed=0, shuffle_buffer_size=1, rank=0, world_size=1)
+    stream = load_train_stream(preset, str(root), "train", seed=0, shuffle_buffer_size=1, rank=0, world_size=1)
+    with pytest.raises(DataError, match="fewer rows than one batch"):
+        list(StreamBatchSampler(stream, 3))
 
 
 # --------------------------------------------------------------------------------------------------- bad data
