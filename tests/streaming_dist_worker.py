@@ -20,7 +20,7 @@ def main() -> None:
     original = StreamAugmentation.__getitem__
 
     def recording(self, key):
-        seen.append(hashlib.sha256(key[1]["image"]["bytes"]).hexdigest())
+        seen.append(hashlib.sha256(key[2]["image"]["bytes"]).hexdigest())
         return original(self, key)
 
     StreamAugmentation.__getitem__ = recording  # with --dataloader_num_workers 0, items are made in this process

@@ -461,7 +461,7 @@ def _streamed_rows(root, rank, world_size, epoch=0, start_batch=0, batch_size=2,
     )
     sampler = StreamBatchSampler(stream, batch_size)
     sampler.set_position(epoch, start_batch)
-    return stream, [[read_image(row["image"]).tobytes() for _, row in batch] for batch in sampler]
+    return stream, [[read_image(row["image"]).tobytes() for _, _, row in batch] for batch in sampler]
 
 
 @pytest.mark.parametrize("world_size", [2, 3])  # whole shards per process; every third row of the shuffled stream
@@ -490,10 +490,12 @@ def test_stream_augmentation_is_seeded_by_epoch_rank_and_position(tmp_path):
     row = next(iter(stream.stream))
     stream.transform = TrainTransform((16, 8), (8, 8))
     augmentation = StreamAugmentation(stream, seed=0, rank=0)
-    first, again = augmentation[(5, row)], augmentation[(5, row)]
+    first, again = augmentation[(0, 5, row)], augmentation[(0, 5, row)]
     assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["index"] == 5
-    variants = [augmentation[(position, row)]["pixel_values"] for position in range(6)]
-    assert any(not torch.equal(variants[0], other) for other in variants[1:])
+    positions = [augmentation[(0, position, row)]["pixel_values"] for position in range(5)]
+    epochs = [augmentation[(epoch, 5, row)]["pixel_values"] for epoch in range(1, 6)]
+    for others in (positions, epochs):  # other draws, though a few may coincide on an 8x8 image
+        assert any(not torch.equal(first["pixel_values"], other) for other in others)
 
 
 def test_stream_refuses_what_it_cannot_stream(tmp_path):

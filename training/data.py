@@ -581,8 +581,8 @@ def load_train_stream(
 
 
 class StreamBatchSampler(torch.utils.data.Sampler[list]):
-    """Batches of ``(position, row)`` read from a :class:`TrainStream` in this process, ``start_batch`` batches into
-    epoch ``epoch``; the DataLoader's workers only decode and augment (:class:`StreamAugmentation`).
+    """Batches of ``(epoch, position, row)`` read from a :class:`TrainStream` in this process, ``start_batch`` batches
+    into epoch ``epoch``; the DataLoader's workers only decode and augment (:class:`StreamAugmentation`).
 
     Reading the stream here, in one place, keeps its order independent of the number of workers. A resume re-reads
     (without decoding) the rows of the epoch already used and drops them: ``datasets``' own ``state_dict()`` does not
@@ -605,7 +605,7 @@ class StreamBatchSampler(torch.utils.data.Sampler[list]):
         for position, row in enumerate(stream):
             if position < skip:
                 continue
-            batch.append((position, row))
+            batch.append((self.epoch, position, row))
             if len(batch) == self.batch_size:
                 yield batch
                 batch, yielded = [], True
@@ -617,18 +617,19 @@ class StreamBatchSampler(torch.utils.data.Sampler[list]):
 
 
 class StreamAugmentation(torch.utils.data.Dataset):
-    """Decodes and augments the ``(position, row)`` items of :class:`StreamBatchSampler`, drawing each sample's
-    augmentation from a generator seeded by (seed, epoch, rank, position): the same crops after a resume."""
+    """Decodes and augments the ``(epoch, position, row)`` items of :class:`StreamBatchSampler`, drawing each
+    sample's augmentation from a generator seeded by (seed, epoch, rank, position): the same crops after a resume,
+    whichever worker makes them (the epoch travels with the item, so persistent workers need no update)."""
 
     def __init__(self, train_stream: TrainStream, seed: int, rank: int) -> None:
-        self.train_stream, self.seed, self.rank, self.epoch = train_stream, seed, rank, 0
+        self.train_stream, self.seed, self.rank = train_stream, seed, rank
 
-    def __getitem__(self, key: tuple[int, dict[str, Any]]) -> dict[str, Any]:
-        position, row = key
+    def __getitem__(self, key: tuple[int, int, dict[str, Any]]) -> dict[str, Any]:
+        epoch, position, row = key
         stream = self.train_stream
         where = f"{stream.source}: streamed row {position} of process {self.rank}'s share of split {stream.split!r} "
-        where += f"(epoch {self.epoch}): "
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, position])
+        where += f"(epoch {epoch}): "
+        rng = np.random.default_rng([self.seed, epoch, self.rank, position])
         item = transformed_row(row, stream.preset, stream.transform, rng, where)
         item["index"] = position
         return item
