@@ -221,6 +221,17 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.loss_average_over_all_pixels = loss_average_over_all_pixels
 
+        # Types first: the code below (and transformers' `num_labels` setter) would fail on a wrong one with a
+        # message naming neither the field nor the value.
+        self._validate_types()
+        num_labels = kwargs.get("num_labels")
+        if num_labels is not None and (
+            isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1
+        ):
+            raise ValueError(
+                f"num_labels must be a positive integer (the number of classes), got {num_labels!r} "
+                f"({type(num_labels).__name__})."
+            )
         # Derived from `depths`; a saved config.json holds it too, but it is recomputed, never read back.
         kwargs.pop("stage_names", None)
         custom_pipelines = kwargs.pop("custom_pipelines", None)
@@ -258,8 +269,7 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
     def num_stages(self) -> int:
         return len(self.depths)
 
-    def validate_architecture(self) -> None:
-        """Reject hyper-parameters that cannot build a model, naming the offending field, stage and value."""
+    def _validate_types(self) -> None:
         for name, expected_type in {**_SCALAR_TYPES, **_PER_STAGE_TYPES}.items():
             value = getattr(self, name)
             items = value if name in _PER_STAGE_TYPES else [value]
@@ -267,6 +277,10 @@ class SegRetConfig(BackboneConfigMixin, PreTrainedConfig):
                 raise TypeError(f"{name} must be a list with one value per stage, got {value!r}.")
             if not all(_has_type(item, expected_type) for item in items):
                 raise TypeError(f"{name} must hold {expected_type.__name__} values, got {value!r}.")
+
+    def validate_architecture(self) -> None:
+        """Reject hyper-parameters that cannot build a model, naming the offending field, stage and value."""
+        self._validate_types()
         per_stage = {
             "embed_dims": self.embed_dims,
             "num_heads": self.num_heads,

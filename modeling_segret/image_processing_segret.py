@@ -132,6 +132,11 @@ def _resize_bilinear_numpy(image: np.ndarray, size: tuple[int, int]) -> np.ndarr
     return top * top_weight[:, None] + bottom * bottom_weight[:, None]
 
 
+# Images with more values than this are normalised and resized in tiles of rows (`_normalize_and_resize_in_tiles`):
+# 64 MiB of float32 per tile, instead of float copies of the whole image (4.5 GiB each for a 20000² RGB array).
+MAX_TILE_VALUES = 2**24
+
+
 # Values upsampled at once by `semantic_segmentation_from_logits`: 1 MiB of float32 per chunk of classes, i.e. one
 # class plane at a time for predictions of 512² and more. Small chunks are also the fastest: the running maximum reads
 # each upsampled plane while it is still in cache (measured on a 2-core EPYC, 150 classes: 512² 76 vs 154 ms with
@@ -259,17 +264,23 @@ class SegRetImageProcessor(ImageProcessorBase):
       padding band of "RGBA", "RGBX", "LA", "PA" and "RGBa" is dropped (not composited, like OpenCV's `imread` in
       MMSegmentation and Pillow's `convert("RGB")`); "CMYK", "YCbCr", "LAB" and "HSV" use Pillow's conversion.
     - 16-bit data (PIL "I;16*" and "I", NumPy / torch `uint16`) is clipped to [0, 65535] and mapped to 8 bit with
-      `round(value / 257)`, so 65535 becomes 255.
+      `round(value / 257)`, so 65535 becomes 255. Arrays of other integer types are read as 8-bit when all values
+      are in 0..255 and as 16-bit (the same rule) when the largest is in 256..65535; negative values or values
+      above 65535 are an error ([`integer_image_to_uint8`]).
     - Arrays and tensors have shape (H, W), (H, W, C) or (C, H, W) with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
       4 (RGBA). The channel axis is the last one for NumPy arrays and the first one for torch tensors when both
-      ends could be channels; pass `input_data_format` to choose. `uint8` is kept, `bool` becomes 0 / 255, and other
-      integer or float dtypes (and PIL "F") are used as they are, on the 0..255 scale: pass `do_rescale=False` for
+      ends could be channels; pass `input_data_format` to choose. `uint8` is kept, `bool` becomes 0 / 255, and float
+      dtypes (and PIL "F") are used as they are, on the 0..255 scale: pass `do_rescale=False` for
       images already in [0, 1].
 
     With `do_convert_rgb=False` images keep their own channels instead (for models with `num_channels != 3`, e.g.
     RGB + near-infrared): arrays and tensors as given, PIL images with their bands as stored ("RGBA" has 4,
     "L" 1; palette images still go through RGB). `image_mean` and `image_std` then need one value per channel,
     and every image is checked against them with an error naming the image.
+
+    Memory: with the default bilinear resize, an image of more than `MAX_TILE_VALUES` values is normalised and
+    resized a tile of rows at a time, with the values of the whole-image computation (a 20000×20000 array needs
+    under 2 GiB). A batch array of 0 images gives outputs with 0 rows of the size such images would get.
 
     Segmentation maps are class-index maps: PIL "L", "P" (the palette indices, never the colours), "I", "I;16", "1"
     or "F", or arrays / tensors with integer, bool or integer-valued float dtype, of shape (H, W) (inside a list or a
@@ -311,12 +322,18 @@ class SegRetImageProcessor(ImageProcessorBase):
     _call_options = ("return_tensors", "input_data_format", "data_format", "do_center_crop")
 
     def __init__(self, **kwargs: Unpack[SegRetImageProcessorKwargs]) -> None:
+        for name in ("size", "pad_size"):  # before transformers' own conversion, whose error names no field
+            self._check_size_type(kwargs.get(name), name)
         super().__init__(**kwargs)
         for name in self._settings:
             value = kwargs.get(name)
             setattr(self, name, deepcopy(getattr(type(self), name)) if value is None else value)
         self.size = self._to_size_dict(self.size, "size")
         self.pad_size = self._to_size_dict(self.pad_size, "pad_size")
+        # A bad `size` in preprocessor_config.json fails here, when the processor is loaded, not at the first image.
+        self._validate_preprocess_kwargs(
+            do_resize=self.do_resize, size=self.size, do_pad=self.do_pad, pad_size=self.pad_size
+        )
 
     def preprocess(
         self,
@@ -350,14 +367,56 @@ class SegRetImageProcessor(ImageProcessorBase):
         kwargs["size"] = self._to_size_dict(kwargs["size"], "size")
         kwargs["pad_size"] = self._to_size_dict(kwargs["pad_size"], "pad_size")
         self._validate_preprocess_kwargs(**kwargs)
+        if self._is_empty_batch(images):
+            return self._preprocess_empty_batch(images, segmentation_maps, **kwargs)
         return self._preprocess_image_like_inputs(images, segmentation_maps, **kwargs)
+
+    @staticmethod
+    def _is_empty_batch(images: Any) -> bool:
+        """Whether `images` is a batch array / tensor (B, ...) with B = 0."""
+        is_array = isinstance(images, np.ndarray) or (is_torch_available() and isinstance(images, torch.Tensor))
+        return is_array and images.ndim == 4 and images.shape[0] == 0
+
+    def _preprocess_empty_batch(self, images: Any, segmentation_maps: Any, **kwargs) -> BatchFeature:
+        """The outputs of a batch of 0 images: those of one blank image of the batch's image shape, with 0 rows
+        (so `pixel_values` has the resized size a batch of such images would have, as torch modules do)."""
+        if segmentation_maps is not None and len(segmentation_maps) != 0:
+            raise ValueError(f"Got 0 images but {len(segmentation_maps)} segmentation maps.")
+        blank = np.zeros(images.shape[1:], dtype=self._to_numpy(images[:0], "The batch").dtype)
+        blank_map = None
+        if segmentation_maps is not None:
+            input_data_format = kwargs["input_data_format"]
+            input_data_format = None if input_data_format is None else ChannelDimension(input_data_format)
+            blank_map = np.zeros(self._to_rgb_array(blank, 0, input_data_format).shape[1:], np.int64)
+        outputs = self._preprocess_image_like_inputs(blank, blank_map, **kwargs)
+        return BatchFeature(
+            data={key: value[:0] for key, value in outputs.items()}, tensor_type=kwargs.get("return_tensors")
+        )
 
     @staticmethod
     def _to_size_dict(size: int | dict[str, int] | SizeDict | None, name: str) -> SizeDict | None:
         """`size` / `pad_size` as a `SizeDict`; an int is a square size, as in transformers."""
-        if size is None or isinstance(size, SizeDict):
+        if size is None:
             return size
-        return SizeDict(**get_size_dict(size, default_to_square=True, param_name=name))
+        if not isinstance(size, SizeDict):
+            SegRetImageProcessor._check_size_type(size, name)
+            size = SizeDict(**get_size_dict(size, default_to_square=True, param_name=name))
+        for key, value in size_items(size).items():
+            # A negative side would resize every image to 1x1 and a fractional one to a rounded size, silently.
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(
+                    f"`{name}` must hold positive whole numbers of pixels, got {name}['{key}'] = {value!r} in "
+                    f"{size_items(size)}; fix `{name}` in preprocessor_config.json or the argument."
+                )
+        return size
+
+    @staticmethod
+    def _check_size_type(size: Any, name: str) -> None:
+        if size is not None and (not isinstance(size, (int, dict, SizeDict)) or isinstance(size, bool)):
+            raise ValueError(
+                f"`{name}` must be a dict of sides in pixels or an int, got {size!r}; check `{name}` in "
+                "preprocessor_config.json or the argument."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
@@ -447,12 +506,19 @@ class SegRetImageProcessor(ImageProcessorBase):
                 "images on the 0..255 scale. Pass `do_rescale=False` if your images are already in [0, 1]."
             )
 
+        normalization = (do_rescale, rescale_factor, do_normalize, image_mean, image_std)
         pixel_values = []
         for image in image_arrays:
-            # Normalised at the original size and then resized in float, as the evaluation path does.
-            image = self._rescale_and_normalize(image, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
-            if do_resize:
-                image = self.resize(image, size=size, resample=resample)
+            # Normalised at the original size and then resized in float, as the evaluation path does; large images
+            # a tile of rows at a time, with the same result.
+            if do_resize and resample == PILImageResampling.BILINEAR and is_torch_available():
+                image = self._normalize_and_resize_in_tiles(
+                    image, self.resized_size(*image.shape[1:], size), *normalization
+                )
+            else:
+                image = self._rescale_and_normalize(image, *normalization)
+                if do_resize:
+                    image = self.resize(image, size=size, resample=resample)
             pixel_values.append(image)
         data = {"pixel_values": pixel_values}
 
@@ -542,6 +608,38 @@ class SegRetImageProcessor(ImageProcessorBase):
             return size["height"], size["width"]
         return get_keep_ratio_output_size(height, width, size.get("shortest_edge"), size.get("longest_edge"))
 
+    def _normalize_and_resize_in_tiles(
+        self,
+        image: np.ndarray,
+        output_size: tuple[int, int],
+        *normalization: Any,
+        max_tile_values: int | None = None,
+    ) -> np.ndarray:
+        """
+        `resize(_rescale_and_normalize(image))` with the default bilinear filter, bit for bit, with bounded memory:
+        an image of more than `max_tile_values` values is never copied whole in float32.
+
+        PyTorch's bilinear resize weighs, for each output pixel, two input rows of two columns each: rows resized
+        along the width alone, by tiles of rows, then resized along the height alone give the same float32 sums
+        (the second tap of a resize that keeps a side gets weight exactly 0). Memory: the image, one float tile and
+        the image resized along the width (C x H x output width floats).
+        """
+        max_tile_values = MAX_TILE_VALUES if max_tile_values is None else max_tile_values
+        num_channels, height, width = image.shape
+        if image.size <= max_tile_values or (height, width) == output_size:
+            return self.resize(
+                self._rescale_and_normalize(image, *normalization),
+                size=SizeDict(height=output_size[0], width=output_size[1]),
+            )
+        output_width = output_size[1]
+        resized_rows = torch.empty((1, num_channels, height, output_width), dtype=torch.float32)
+        rows_per_tile = max(1, max_tile_values // (num_channels * width))
+        for start in range(0, height, rows_per_tile):
+            tile = self._rescale_and_normalize(image[:, start : start + rows_per_tile], *normalization)
+            tile = torch.from_numpy(np.ascontiguousarray(tile))[None]
+            resized_rows[:, :, start : start + tile.shape[2]] = resize_bilinear(tile, (tile.shape[2], output_width))
+        return resize_bilinear(resized_rows, output_size)[0].numpy()
+
     @staticmethod
     def _rescale_and_normalize(
         image: np.ndarray,
@@ -556,7 +654,7 @@ class SegRetImageProcessor(ImageProcessorBase):
         as `(image - mean / rescale_factor) / (std / rescale_factor)` with the constants formed like
         `training/evaluation.py` forms them, so the two paths give the same float32 values.
         """
-        image = image.astype(np.float32)
+        image = image.astype(np.float32, order="C")
         if not do_normalize:
             return image * np.float32(rescale_factor) if do_rescale else image
         factor = 1 / rescale_factor if do_rescale else 1.0
@@ -762,14 +860,13 @@ class SegRetImageProcessor(ImageProcessorBase):
             image_array = np.repeat(image_array[:1], 3, axis=0) if num_channels <= 2 else image_array[:3]
 
         if image_array.dtype == np.uint8:
-            return np.ascontiguousarray(image_array)
+            return image_array  # a view: a copy would double the memory of a huge image
         if image_array.dtype == np.bool_:
             return image_array.astype(np.uint8) * 255
-        if image_array.dtype == np.uint16:
-            # 16-bit to 8-bit: 65535 / 257 = 255 exactly, and v / 257 is never exactly halfway between integers.
-            return np.round(image_array / 257).astype(np.uint8)
-        if np.issubdtype(image_array.dtype, np.integer) or np.issubdtype(image_array.dtype, np.floating):
-            image_array = image_array.astype(np.float32)
+        if np.issubdtype(image_array.dtype, np.integer):
+            return integer_image_to_uint8(image_array, description)
+        if np.issubdtype(image_array.dtype, np.floating):
+            image_array = image_array.astype(np.float32, copy=False)  # float32 input: a view, not a copy
             # One NaN or inf would make every logit non-finite and the prediction all class 0, without a word.
             num_non_finite = int(np.size(image_array) - np.count_nonzero(np.isfinite(image_array)))
             if num_non_finite:
@@ -852,6 +949,25 @@ class SegRetImageProcessor(ImageProcessorBase):
         elif not (np.issubdtype(label_array.dtype, np.integer) or label_array.dtype == np.bool_):
             raise TypeError(f"{description} has unsupported dtype {label_array.dtype}.")
         return label_array.astype(np.int64)
+
+
+def integer_image_to_uint8(image: np.ndarray, description: str = "The image") -> np.ndarray:
+    """An integer image on SegRet's 8-bit scale. uint16 is 16-bit data, read as `round(v / 257)` like a 16-bit PNG;
+    other integer types hold 8-bit values when all are in 0..255 and 16-bit values (read alike) when the largest is
+    in 256..65535. Anything else has no known scale and is an error."""
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    low, high = int(image.min()), int(image.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"{description} ({image.dtype}) has values from {low} to {high}, outside 0..65535: SegRet reads integer "
+            "images as 8-bit (0..255) or 16-bit (0..65535) samples. Scale it to 0..255 (uint8) first, or pass "
+            "float32 values on the 0..255 scale."
+        )
+    if image.dtype == np.uint16 or high > 255:
+        # 16-bit to 8-bit: 65535 / 257 = 255 exactly, and v / 257 is never exactly halfway between integers.
+        return np.round(image / np.float32(257)).astype(np.uint8)
+    return image.astype(np.uint8)
 
 
 def exif_transposed(image: Image.Image) -> Image.Image:

@@ -7,13 +7,18 @@ Meet Vision Transformers" (https://arxiv.org/abs/2309.11523). Inside the backbon
 """
 
 import difflib
+import glob
 import inspect
+import json
 import math
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutput, SemanticSegmenterOutput
@@ -322,10 +327,13 @@ class SegRetRetention(nn.Module):
             # Attention batch entries are the image rows (in reverse order, as the mask's windows), attention heads
             # are (image, head) pairs; every row attends to the same keys, an expanded view of one copy.
             def to_heads(states: torch.Tensor) -> torch.Tensor:  # (B, H, W, N, d) -> (1, B*N, H*W, d)
-                states = states.permute(0, 3, 1, 2, 4).reshape(1, batch_size * self.num_heads, -1, self.head_dim)
+                states = states.permute(0, 3, 1, 2, 4).reshape(
+                    1, batch_size * self.num_heads, height * width, self.head_dim
+                )
                 return states.expand(height, -1, -1, -1)
 
-            query_rows = query.flip(1).permute(1, 0, 3, 2, 4).reshape(height, -1, width, self.head_dim)
+            query_rows = query.flip(1).permute(1, 0, 3, 2, 4)
+            query_rows = query_rows.reshape(height, batch_size * self.num_heads, width, self.head_dim)
             output = F.scaled_dot_product_attention(
                 query_rows, to_heads(key), to_heads(value), attn_mask=positions.decay_masks[0], scale=self.scaling
             )  # (H, B*N, W, d)
@@ -668,6 +676,56 @@ class SegRetPreTrainedModel(PreTrainedModel):
     # `forward(**kwargs)` that the model averages over accumulation steps and skips its own division.
     accepts_loss_kwargs = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
+        """
+        transformers' `from_pretrained`, then checks of what it loaded, so that a damaged or incomplete checkpoint is
+        an error rather than a model predicting from random or non-finite weights:
+
+        - a weights file that cannot be read (truncated, corrupt header) is an `OSError` naming the file;
+        - weights of this class that the checkpoint lacks are a `ValueError` naming them, unless
+          `ignore_mismatched_sizes=True` asks for new, randomly initialised weights (new heads, a backbone-only
+          checkpoint), as it does for weights of another shape;
+        - NaN or infinite weights are a `ValueError` naming the tensors.
+
+        The Auto classes, `pipeline(...)` and the Hub's remote code call this method, so they check alike. A model
+        built from a config (`SegRetForSemanticSegmentation(config)`) loads nothing and is not checked.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            damaged = damaged_weight_files(pretrained_model_name_or_path, kwargs)
+            if not damaged:
+                raise
+            raise OSError(
+                f"Cannot read the weights of {pretrained_model_name_or_path}: {'; '.join(damaged)}. The file is "
+                "damaged (e.g. an interrupted download or copy): download it again (for a Hub model, "
+                "`force_download=True`) or save / convert the model again."
+            ) from error
+        source = f"The checkpoint {pretrained_model_name_or_path}"
+        missing = sorted(loading_info.get("missing_keys") or ())
+        if missing and not kwargs.get("ignore_mismatched_sizes"):
+            raise ValueError(
+                f"{source} lacks {len(missing)} weights of {cls.__name__}: {_name_list(missing)}. They would start "
+                "from random values and every prediction would be meaningless. If the checkpoint is damaged, "
+                "download or save it again; to train new weights on purpose (new heads, a backbone-only "
+                "checkpoint), pass ignore_mismatched_sizes=True (training: --ignore_mismatched_sizes)."
+            )
+        non_finite = [
+            name
+            for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(tensor.isfinite().all())
+        ]
+        if non_finite:
+            raise ValueError(
+                f"{source} has NaN or infinite values in {len(non_finite)} weights: {_name_list(non_finite)}. The "
+                "file is damaged (or was saved from a diverged training run): download, save or convert it again."
+            )
+        return (model, loading_info) if output_loading_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """RMT's initialisation (truncated-normal linears, PyTorch-default convolutions) and zero ZIR convolutions."""
@@ -722,6 +780,46 @@ class SegRetPreTrainedModel(PreTrainedModel):
             f"{type(self).__name__}.forward() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts "
             f"{', '.join(accepted)}."
         )
+
+
+def _name_list(names: Sequence[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def damaged_weight_files(pretrained_model_name_or_path: str | os.PathLike | None, kwargs: dict) -> list[str]:
+    """The safetensors files of a local folder, or of a Hub repository in the local cache, that cannot be opened,
+    each with the reason (safetensors' own errors name no file)."""
+    if pretrained_model_name_or_path is None:
+        return []
+    subfolder = kwargs.get("subfolder") or ""
+    folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder)
+    if os.path.isdir(folder):
+        files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    else:
+
+        def cached(name: str) -> str | None:
+            path = try_to_load_from_cache(
+                os.fspath(pretrained_model_name_or_path),
+                f"{subfolder}/{name}" if subfolder else name,
+                cache_dir=kwargs.get("cache_dir"),
+                revision=kwargs.get("revision"),
+            )
+            return path if isinstance(path, str) else None
+
+        files = [cached("model.safetensors")]
+        index = cached("model.safetensors.index.json")
+        if index is not None:
+            with open(index) as index_file:
+                files += [cached(name) for name in sorted(set(json.load(index_file).get("weight_map", {}).values()))]
+        files = [file for file in files if file is not None]
+    damaged = []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as weights:
+                weights.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError, and OSError for unreadable files
+            damaged.append(f"{file} ({error})")
+    return damaged
 
 
 class SegRetModel(SegRetPreTrainedModel):
@@ -930,7 +1028,7 @@ class SegRetForSemanticSegmentation(SegRetPreTrainedModel):
             pixel_logits, labels.reshape(-1).long(), ignore_index=ignore_index, reduction="sum"
         )
         if self.config.loss_average_over_all_pixels:
-            normalizer = labels.numel()
+            normalizer = max(labels.numel(), 1)  # a batch of 0 images has loss 0, not 0 / 0
         else:
             normalizer = labelled.sum().clamp(min=1)
         return summed_loss / normalizer

@@ -70,6 +70,11 @@ class SegRetImageSegmentationPipeline(ImageSegmentationPipeline):
     _load_tokenizer = False
     _load_video_processor = False
 
+    def __call__(self, inputs: Any = None, **kwargs: Any) -> Any:
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            return []  # a batch of 0 images (transformers' own call would look at its first image)
+        return super().__call__(inputs, **kwargs)
+
     def preprocess(self, image: Any, subtask: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         displayed = open_image(image, timeout=timeout)
         # The segmentation is returned at the displayed size: the stored size turned by the EXIF orientation tag.

@@ -39,6 +39,19 @@ def test_quick_run_prints_the_targets_and_writes_nothing(tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.slow
+def test_quick_data_run_prints_the_targets_and_writes_nothing(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    command = [sys.executable, "benchmarks/run.py", "--quick", "--parts", "data", "--output", str(output)]
+    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "- TrainTransform: " in result.stdout and "× the time of the same steps written directly" in result.stdout
+    assert "- decode + TrainTransform: " in result.stdout and " images/s per core" in result.stdout
+    for workers in ("0 workers", "1 worker", "2 workers"):
+        assert f"| {workers} (ms per image) |" in result.stdout
+    assert not output.exists()
+
+
 def test_crossover_names_where_the_ratio_changes_side():
     sizes = [(1, 512, 512), (1, 1024, 1024), (1, 1024, 2048), (1, 2048, 2048)]
     assert crossover([0.81, 1.38, 1.48, 2.18], sizes) == "faster at 512×512, batch 1, slower from 1024×1024, batch 1"

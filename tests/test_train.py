@@ -72,7 +72,9 @@ def test_training_end_to_end(scenes, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_logs_identical_losses(scenes, tmp_path):
-    workers = ["--dataloader_num_workers", "2"]  # worker seeding must not break exactness either
+    # Persistent workers, and 4 rows: 2 batches per epoch, so the 6 steps cross two epochs and the resume starts at
+    # an epoch's end. Workers kept from epoch 0 must augment epoch 1 as fresh ones do, or the losses differ.
+    workers = ["--dataloader_num_workers", "2", "--max_train_samples", "4"]
     uninterrupted = train.main(tiny_run(scenes, tmp_path / "a", *workers))["history"]
 
     AcceleratorState._reset_state(reset_partial_state=True)

@@ -280,3 +280,35 @@ def load_newest(accelerator: Accelerator, candidates: list[Path]) -> tuple[Path,
             continue
         return checkpoint, checkpoint_state(checkpoint)
     return None
+
+
+# ------------------------------------------------------------------------------------------------ not a model
+def training_folder_problem(folder: str | Path) -> str | None:
+    """Why `folder` is not a model that `from_pretrained` loads because it is a training checkpoint or a run folder
+    whose final model is not saved yet (with what to do instead), or None. For `training/evaluation.py --model` and
+    `training/publish.py`, which explain the mistake in the same words."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return None
+    run_folder = folder.parent
+    if CHECKPOINT_PATTERN.match(folder.name) or (folder / "trainer_state.json").is_file():
+        final = (
+            f"its run's final model, {run_folder}, holds config.json: copy config.json and "
+            f"preprocessor_config.json from there into {folder} to load this checkpoint's weights as a model"
+            if (run_folder / "config.json").is_file()
+            else f"the run saves its final model (config.json, model.safetensors) into {run_folder} when it reaches "
+            f"--max_steps: finish it with --resume_from_checkpoint latest"
+        )
+        return (
+            f"{folder} is a training checkpoint (Accelerate's save_state: weights, optimizer, scheduler and random "
+            f"states, for --resume_from_checkpoint), not a model saved with save_pretrained: it has no config.json. "
+            f"Evaluate or publish a saved model instead; {final}."
+        )
+    checkpoints = list_checkpoints(folder)
+    if checkpoints:
+        return (
+            f"{folder} is a training run folder without a saved model (no config.json): the run saves its final model "
+            f"there when it reaches --max_steps. Its newest checkpoint is {checkpoints[-1][1].name}; finish the run "
+            f"with --resume_from_checkpoint latest, then evaluate or publish {folder}."
+        )
+    return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -58,6 +59,21 @@ def _pick_split(available: Sequence[str], split: str, source: str) -> str:
     raise DataError(f"split {split!r} not found in {source}; available splits: {sorted(available)}")
 
 
+def _files_under(root: Path) -> list[Path]:
+    """The files below `root`, sorted, following symlinked folders and files (a dataset assembled from links);
+    a folder reached again through a link (a cycle, or two links to one folder) is listed once."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()  # its files are listed already; do not descend again
+            continue
+        seen.add(real)
+        subfolders.sort()  # the first of two links to one folder is the one listed
+        found.extend(Path(folder) / name for name in files)
+    return sorted(found)
+
+
 def _find_folder_pairs(root: Path, split: str, preset: DatasetPreset) -> datasets.Dataset | None:
     """Paired image/label folders (``<image_dir>/<split>/**`` and ``<label_dir>/<split>/**``), or None."""
     image_root = next(
@@ -78,12 +94,12 @@ def _find_folder_pairs(root: Path, split: str, preset: DatasetPreset) -> dataset
         rel = rel[: -len(suffix)] if suffix and rel.endswith(suffix) else rel.rsplit(".", 1)[0]
         return rel[: -len(preset.image_suffix)] if preset.image_suffix and rel.endswith(preset.image_suffix) else rel
 
-    images = {
-        key(p, image_root, ""): p
-        for p in sorted(image_root.rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    }
-    labels = {key(p, label_root, preset.label_suffix): p for p in sorted(label_root.rglob(f"*{preset.label_suffix}"))}
+    images = {key(p, image_root, ""): p for p in _files_under(image_root) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    labels = {key(p, label_root, preset.label_suffix): p for p in _files_under(label_root)
+              if p.name.endswith(preset.label_suffix)}  # fmt: skip
+    broken = [str(p) for p in (*images.values(), *labels.values()) if not p.exists()]
+    if broken:
+        raise DataError(f"{len(broken)} files of {root} are links to nothing (their target is gone), e.g. {broken[:3]}")
     missing = [k for k in images if k not in labels]
     if missing:
         raise DataError(
@@ -415,11 +431,44 @@ def image_sizes(dataset: SegmentationDataset, limit: int | None = None) -> list[
 
 # -------------------------------------------------------------------------------------------------- batching
 def collate_train(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack equally sized training samples into ``pixel_values`` (B, 3, H, W) and ``labels`` (B, H, W)."""
+    """Stack equally sized training samples into ``pixel_values`` (B, 3, H, W) and ``labels`` (B, H, W); ``index``
+    holds their dataset rows (for error messages, not for the model)."""
     return {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "labels": torch.stack([s["labels"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
     }
+
+
+class UnlabelledBatchCheck:
+    """Refuses training data without labels: ``limit`` consecutive batches in which every pixel is the ignore index
+    raise a :class:`DataError` naming their rows.
+
+    Such batches give a loss of exactly 0 and no gradient, so a training set whose masks are all ignore (a wrong
+    label column, ``--reduce_labels`` on 0/1 masks, a wrong Cityscapes ``--label_encoding``) would otherwise run to
+    the end and learn nothing. One such batch now and then (a crop of an unlabelled region) is normal. The check
+    runs on the CPU labels before they move to the accelerator, so it costs no device synchronisation.
+    """
+
+    def __init__(self, where: str, limit: int = 10, ignore_index: int = IGNORE_INDEX) -> None:
+        self.where, self.limit, self.ignore_index = where, limit, ignore_index
+        self.rows: list[int] = []
+        self.batches = 0
+
+    def update(self, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        if bool((labels != self.ignore_index).any()):
+            self.rows, self.batches = [], 0
+            return
+        self.rows.extend(rows.tolist())
+        self.batches += 1
+        if self.batches >= self.limit:
+            shown = ", ".join(map(str, self.rows[:20])) + (", ..." if len(self.rows) > 20 else "")
+            raise DataError(
+                f"{self.where}: {self.batches} consecutive training batches have no labelled pixel (every label is the "
+                f"ignore index {self.ignore_index}), rows {shown}; training on them learns nothing (loss 0). Check "
+                "the label column, --reduce_labels (it ignores raw 0) or --label_encoding, e.g. with "
+                "`python training/data.py --dataset_path ... --split train --verify_labels 20`."
+            )
 
 
 def collate_eval(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -463,11 +512,13 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(range(self.rank, self.num_samples, self.world_size))
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+class EpochShuffleSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """This process's share of a permutation seeded by (seed, epoch), starting `start_batch` batches in.
 
     The order depends only on the seed, the epoch and the number of processes, which is what makes resuming exact.
-    Each epoch drops the incomplete last global batch, as MMSegmentation's iteration-based runner does.
+    Each epoch drops the incomplete last global batch, as MMSegmentation's iteration-based runner does. Yields
+    ``(epoch, row)`` keys for :class:`SeededAugmentation`: persistent DataLoader workers keep their copy of the
+    dataset across epochs, so the epoch travels with each key rather than as an attribute of the dataset.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
@@ -487,23 +538,25 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         per_process = order[: self.batches_per_epoch * self.batch_size * self.world_size][self.rank :: self.world_size]
-        return iter(per_process[self.start_batch * self.batch_size :].tolist())
+        return ((self.epoch, row) for row in per_process[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
-    """Draws each sample's augmentation from a generator seeded by (seed, epoch, row): same crops after a resume."""
+    """Item ``(epoch, row)``: row ``row`` augmented with a generator seeded by (seed, epoch, row), so the crops do not
+    depend on the worker that makes them and a resume repeats them exactly."""
 
     def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.dataset.get_item(index, rng=np.random.default_rng([self.seed, self.epoch, index]))
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, row = key
+        return self.dataset.get_item(row, rng=np.random.default_rng([self.seed, epoch, row]))
 
 
 # ------------------------------------------------------------------------------------------------ streaming

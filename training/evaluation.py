@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
@@ -41,6 +44,7 @@ import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
 from modeling_segret import SEGRET_VARIANTS
 from modeling_segret.inference_segret import DEFAULT_SCALES, segment
 from training import configure_logging
+from training.checkpoints import training_folder_problem
 from training.data import (
     SegmentationDataset,
     ShardSampler,
@@ -53,9 +57,11 @@ from training.data import (
 )
 from training.metrics import SegmentationMetric, format_table
 from training.presets import IGNORE_INDEX, DataError, DatasetPreset, preset_for_variant
+from training.run_folder import process_alive, read_json
 from training.transforms import MEAN, STD, EvalTransform, denormalize
 
 MODES = ("ss", "slide", "ms")
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -104,6 +110,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--batch_size", type=int, default=1, help="images per step (equal sizes are stacked)")
     group.add_argument("--dataloader_num_workers", type=int, default=2, help="data-loading worker processes")
     group.add_argument("--output_dir", default="outputs/eval", help="eval_results.json and overlays/ go here")
+    group.add_argument(
+        "--overwrite_output_dir", action="store_true", help="replace the eval_results.json that --output_dir holds"
+    )
     group.add_argument("--num_overlays", type=int, default=8, help="colour overlays of the first N images")
     return parser.parse_args(argv)
 
@@ -145,8 +154,92 @@ def _normalization(model: str, trust_remote_code: bool) -> tuple[tuple[float, ..
 
 def _json_ready(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
-        return None  # strict JSON has no NaN: a class that never occurred
+        return None  # strict JSON has no NaN: a class that never occurred, a mean over no class
     return value
+
+
+RESULTS_FILE = "eval_results.json"
+
+
+class UsageError(ValueError):
+    """`--model` or `--output_dir` cannot work (checked before any evaluation work); the message says why and what to
+    do."""
+
+
+def claim_output_dir(output_dir: str | Path, overwrite: bool) -> Path | None:
+    """Checks that `output_dir` can take `eval_results.json` and claims it, before any evaluation work.
+
+    Without `overwrite`, a folder that holds results (or the claim of an evaluation under way) is refused, and the
+    claim is an `eval_results.json` created exclusively, so of two evaluations started into one folder the second
+    is refused at once. Returns the claimed file (to be replaced by the results, or removed on failure), or None
+    with `overwrite`.
+    """
+    output = Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output_dir {output} is a file, not a folder: choose a folder for the results")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--output_dir {output} cannot be created ({err.strerror or err})") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise UsageError(f"--output_dir {output} is not writable: choose a folder you can write to")
+    results = output / RESULTS_FILE
+    if overwrite:
+        return None
+    claim = {"in_progress": {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%c")}}
+    holder = read_json(results).get("in_progress")
+    if isinstance(holder, dict) and holder.get("host") == socket.gethostname() and not process_alive(holder.get("pid")):
+        logger.warning(f"Taking over {results}: the evaluation that claimed it ({holder}) is no longer running")
+        results.unlink(missing_ok=True)
+    try:
+        descriptor = os.open(results, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = read_json(results).get("in_progress")
+        what = (
+            f"is claimed by an evaluation under way (or killed): {holder}"
+            if holder
+            else "already holds results of an evaluation"
+        )
+        raise UsageError(
+            f"{results} {what}. Choose another --output_dir, or pass --overwrite_output_dir to replace it."
+        ) from None
+    except OSError as err:
+        raise UsageError(f"--output_dir {output}: cannot write {RESULTS_FILE} ({err.strerror or err})") from None
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(claim, handle)
+    return results
+
+
+def write_results(output_dir: str | Path, results: dict[str, Any]) -> Path:
+    """Writes `eval_results.json` atomically (a temporary file renamed into place), as strict JSON."""
+    path = Path(output_dir) / RESULTS_FILE
+    temporary = path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def absent_classes(scores: dict[str, Any], class_names: Sequence[str]) -> list[str]:
+    """The classes without any labelled pixel in the evaluated set (their accuracy is undefined, NaN)."""
+    return [name for name, acc in zip(class_names, scores["per_category_accuracy"], strict=True) if math.isnan(acc)]
+
+
+def warn_absent_classes(scores: dict[str, Any], class_names: Sequence[str]) -> None:
+    """A warning naming the classes no evaluated pixel is labelled with: they are left out of the means (their
+    entries are null in eval_results.json); with no labelled pixel at all the means are null too."""
+    absent = absent_classes(scores, class_names)
+    if len(absent) == len(class_names):
+        logger.warning(
+            "No evaluated pixel is labelled (every label is the ignore index): mIoU, mAcc and aAcc are undefined "
+            "(null in eval_results.json). Check the validation labels (training/data.py --verify_labels)."
+        )
+    elif absent:
+        shown = ", ".join(absent[:20]) + (f" and {len(absent) - 20} more" if len(absent) > 20 else "")
+        logger.warning(
+            f"{len(absent)} of {len(class_names)} classes have no labelled pixel in the evaluated images ({shown}): "
+            "their accuracy is null and the means are over the other classes (an IoU is null too unless the class "
+            "was predicted, then 0)."
+        )
 
 
 def model_variant(config: Any) -> str | None:
@@ -319,12 +412,12 @@ def summarize(scores: dict[str, Any], preset: DatasetPreset, split: str, mode: s
         "inference": inference,
         "test_scale": test_scale,
         "num_samples": scores["num_samples"],
-        "mIoU": round(100 * scores["mean_iou"], 2),
-        "mAcc": round(100 * scores["mean_accuracy"], 2),
-        "aAcc": round(100 * scores["overall_accuracy"], 2),
-        "mean_iou": scores["mean_iou"],
-        "mean_accuracy": scores["mean_accuracy"],
-        "overall_accuracy": scores["overall_accuracy"],
+        "mIoU": _json_ready(round(100 * scores["mean_iou"], 2)),
+        "mAcc": _json_ready(round(100 * scores["mean_accuracy"], 2)),
+        "aAcc": _json_ready(round(100 * scores["overall_accuracy"], 2)),
+        "mean_iou": _json_ready(scores["mean_iou"]),
+        "mean_accuracy": _json_ready(scores["mean_accuracy"]),
+        "overall_accuracy": _json_ready(scores["overall_accuracy"]),
         "per_class": [
             {"id": i, "name": name, "iou": _json_ready(float(iou)), "accuracy": _json_ready(float(acc))}
             for i, (name, iou, acc) in enumerate(
@@ -341,6 +434,28 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     accelerator = Accelerator(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     if dist.is_initialized() and dist.get_world_size() != accelerator.num_processes:
         raise RuntimeError(f"{dist.get_world_size()} processes, but accelerate sees {accelerator.num_processes}")
+    # Mistakes that would otherwise surface after the whole evaluation, or as transformers' "Unrecognized model".
+    if (problem := training_folder_problem(args.model)) is not None:
+        raise UsageError(problem)
+    claim, claim_error = None, None
+    if accelerator.is_main_process:
+        try:
+            claim = claim_output_dir(args.output_dir, args.overwrite_output_dir)
+        except UsageError as err:
+            claim_error = str(err)
+    if accelerator.num_processes > 1:
+        claim_error = broadcast_object_list([claim_error])[0]
+    if claim_error:
+        raise UsageError(claim_error)
+    try:
+        return _evaluate_into(args, accelerator)
+    except BaseException:
+        if claim is not None:  # the claim holds no results: give the folder back
+            claim.unlink(missing_ok=True)
+        raise
+
+
+def _evaluate_into(args: argparse.Namespace, accelerator: Accelerator) -> dict[str, Any]:
     preset = preset_from_args(args)
     mean, std = _normalization(args.model, args.trust_remote_code)
     dataset = build_dataset(
@@ -377,10 +492,8 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     results["seconds"] = round(time.perf_counter() - start, 2)
     if accelerator.is_main_process:
         print(format_table(scores, preset.class_names))
-        output = Path(args.output_dir)
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {output / 'eval_results.json'}")
+        warn_absent_classes(scores, preset.class_names)
+        print(f"wrote {write_results(args.output_dir, results)}")
     accelerator.wait_for_everyone()
     return results
 
@@ -391,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run_evaluation(args)
-    except DataError as err:
+    except (DataError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

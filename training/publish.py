@@ -55,6 +55,7 @@ from modeling_segret import REMOTE_CODE_FILES, SegRetConfig, SegRetForSemanticSe
 from modeling_segret.complexity import variant_name
 from training import configure_logging
 from training.check_hub_folder import REPORT_PREFIX
+from training.checkpoints import training_folder_problem
 from training.model_card import (
     EvalRecord,
     dataset_info,
@@ -113,6 +114,8 @@ def read_source(
     if not path.is_dir():
         raise PublishError(f"The source {path} is not a folder.")
     config_file = path / "config.json"
+    if (problem := training_folder_problem(path)) is not None:
+        raise PublishError(problem)
     if not config_file.is_file():
         raise PublishError(f"{path} has no config.json: pass a folder written by save_pretrained.")
     model_type = json.loads(config_file.read_text()).get("model_type")
@@ -220,7 +223,10 @@ def assemble(
     _prepare_output(output_dir, source_data.path, overwrite)
     dataset = infer_dataset(source_data, dataset)
 
-    model, loading = SegRetForSemanticSegmentation.from_pretrained(source_data.path, output_loading_info=True)
+    try:
+        model, loading = SegRetForSemanticSegmentation.from_pretrained(source_data.path, output_loading_info=True)
+    except (OSError, ValueError) as error:  # a damaged, incomplete or non-finite checkpoint, named by the model
+        raise PublishError(str(error)) from error
     problems = {kind: sorted(map(str, loading.get(kind) or ())) for kind in ("missing_keys", "unexpected_keys",
                 "mismatched_keys", "error_msgs")}  # fmt: skip
     if any(problems.values()):

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
+import types
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -47,7 +50,8 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={
-            "help": "with model_name_or_path: a new, randomly initialised head when the number of classes differs"
+            "help": "with model_name_or_path: new, randomly initialised weights where the number of classes differs "
+            "or the checkpoint lacks them (a backbone-only checkpoint)"
         },
     )
     loss_average_over_all_pixels: bool = field(
@@ -147,17 +151,104 @@ class TrainArguments:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
+# Any number, negative ones included ("-1e-3", "-.5", "-inf"): see `parse_arguments`.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (YAML forbids it; PyYAML would
+    silently keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden, as YAML intends
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"field {key!r} is given twice, on lines {first_lines[key]} and {line}; keep one",
+                    key_node.start_mark,
+                )  # fmt: skip
+            first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_recipe_file(path: str | Path) -> dict:
+    """The `field: value` mapping of a YAML or JSON recipe file; errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read the recipe {path}: {err.strerror or err}") from err
+    try:
+        recipe = yaml.load(text, Loader=_RecipeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = err.problem or err.context or "invalid YAML"
+        lines = text.splitlines()
+        if mark and mark.line < len(lines) and "\t" in lines[mark.line][: mark.column + 1]:
+            problem += " (indent with spaces, not tabs)"
+        raise ValueError(f"{where}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML or JSON ({err})") from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        kind = {list: "a list", str: "a single string"}.get(type(recipe), f"a {type(recipe).__name__}")
+        raise ValueError(f"{path}: the recipe must be a mapping of field: value (one per line), got {kind}")
+    return recipe
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _type_problem(name: str, value: object, annotation: object) -> str | None:
+    """Why the recipe's `value` cannot be the field `name` annotated `annotation` (`int`, `float | None` ...), or
+    None. Strings are converted as on the command line ("4" -> 4); lists are checked by `validate_arguments`."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    base = next((member for member in members if member is not type(None)), None)
+    if (value is None and type(None) in members) or base not in _TYPE_NAMES:
+        return None
+    if base is bool:
+        ok = isinstance(value, bool) or str(value).lower() in ("true", "false", "yes", "no", "1", "0")
+    elif base is str:
+        ok = isinstance(value, str)
+    elif isinstance(value, bool):
+        ok = False
+    elif isinstance(value, str):
+        try:
+            ok = base(value) is not None
+        except ValueError:
+            ok = False
+    else:
+        ok = isinstance(value, int) or (base is float and isinstance(value, float))
+    if ok:
+        return None
+    hint = " (quote it)" if base is str else ""
+    return f"{name} must be {_TYPE_NAMES[base]}{hint}, got {value!r} ({type(value).__name__})"
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """A YAML/JSON recipe (first argument, optional) overridden by `--field value` arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments))
+    # argparse takes "-1e-3" for an option (it knows only "-1" and "-.5" as negative numbers); no flag of this parser
+    # looks like a number, so every number-like word is a value, and validation rejects a bad one by name.
+    parser._negative_number_matcher = NEGATIVE_NUMBER
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         recipe_path = Path(argv.pop(0))
-        recipe = yaml.safe_load(recipe_path.read_text()) or {}
-        known = {f for dataclass_type in parser.dataclass_types for f in dataclass_type.__dataclass_fields__}
-        unknown = sorted(set(recipe) - known)
+        recipe = load_recipe_file(recipe_path)
+        fields = {name: hint for kind in parser.dataclass_types for name, hint in typing.get_type_hints(kind).items()}
+        unknown = sorted(set(recipe) - set(fields))
         if unknown:
             raise ValueError(f"{recipe_path}: unknown fields {unknown}")
+        wrong_types = [_type_problem(name, value, fields[name]) for name, value in recipe.items()]
+        wrong_types = [problem for problem in wrong_types if problem]
+        if wrong_types:
+            raise ValueError(f"{recipe_path}: " + "; ".join(wrong_types))
         parser.set_defaults(**recipe)
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     validate_arguments(model_args, data_args, train_args)

@@ -68,7 +68,7 @@ class OutputDirLock:
                 if (
                     holder.get("host") == owner["host"]
                     and isinstance(holder.get("pid"), int)
-                    and not _alive(holder["pid"])
+                    and not process_alive(holder["pid"])
                 ):
                     note = f"Removing the stale lock {self.path} of process {holder['pid']}, which is no longer running"
                     self.path.unlink(missing_ok=True)
@@ -89,7 +89,10 @@ class OutputDirLock:
             self.held = False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: object) -> bool:
+    """Whether `pid` (from a lock or claim file) names a process running on this host; anything else is not."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:

@@ -49,13 +49,15 @@ from training.data import (
     StreamAugmentation,
     StreamBatchSampler,
     TrainStream,
+    UnlabelledBatchCheck,
     build_dataset,
     check_split_labels,
     collate_train,
     load_train_stream,
     single_split_source,
 )
-from training.evaluation import evaluate_segmentation, model_variant, summarize
+from training.data_wait import STARVED_FRACTION, DataWaitMeter, starvation_advice
+from training.evaluation import evaluate_segmentation, model_variant, summarize, warn_absent_classes, write_results
 from training.metrics import format_table
 from training.presets import DataError, DatasetPreset
 from training.recipe import (
@@ -69,7 +71,7 @@ from training.recipe import (
 )
 from training.run_folder import append_loss_record, claim_output_dir, record_run
 from training.synthetic import generate as generate_synthetic
-from training.transforms import TrainTransform
+from training.transforms import TrainTransform, single_threaded_opencv
 
 LABEL_CHECK_FILE = "label_check.json"  # in the output folder: the evaluation label checks that passed
 logger = get_logger(__name__)  # accelerate's: main_process_only=...; needs an Accelerator
@@ -294,7 +296,11 @@ def train(
         collate_fn=collate_train,
         num_workers=data_args.dataloader_num_workers,
         pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=False,
+        # Workers start once, not at every epoch (the epoch travels with the sampler's keys). Each keeps 2 batches
+        # ready (PyTorch's default, on purpose: 16 crops of 512² are 50 MB, and N workers hold 2N batches).
+        persistent_workers=data_args.dataloader_num_workers > 0,
+        prefetch_factor=2 if data_args.dataloader_num_workers > 0 else None,
+        worker_init_fn=single_threaded_opencv,
         # Worker seeds come from this generator, not the global RNG, so creating a loader consumes no global draws.
         generator=torch.Generator().manual_seed(args.seed),
     )
@@ -350,11 +356,13 @@ def train(
     progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     history: list[dict] = []
     window_start, window_images = time.perf_counter(), 0
+    data_wait, starvation_warned = DataWaitMeter(), False
     eval_results: dict = {}
+    unlabelled = UnlabelledBatchCheck(f"{train_dataset.source or preset.name}, split {train_dataset.split!r}")
     while step < stop_at:
         sampler.set_position(epoch, batch_in_epoch)
-        train_data.epoch = epoch
-        for batch in train_loader:
+        for batch in data_wait.batches(train_loader):
+            unlabelled.update(batch["labels"], batch.pop("index"))
             batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -378,11 +386,14 @@ def train(
             if step % args.logging_steps == 0 or step == stop_at:
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
                 elapsed = time.perf_counter() - window_start
+                # The slowest process's share sets the pace: every process waits for it at the gradient all-reduce.
+                waited = torch.tensor([data_wait.window_fraction()], device=accelerator.device)
                 record = {
                     "step": step,
                     "loss": mean_loss,
                     "learning_rate": scheduler.get_last_lr()[0],
                     "images_per_second": window_images / elapsed,
+                    "data_wait_fraction": accelerator.gather(waited).max().item(),
                 }
                 history.append(record)
                 if accelerator.is_main_process:
@@ -391,7 +402,14 @@ def train(
                     loss=f"{mean_loss:.4f}",
                     lr=f"{record['learning_rate']:.2e}",
                     img_s=f"{record['images_per_second']:.1f}",
+                    data=f"{record['data_wait_fraction']:.0%}",
                 )
+                if record["data_wait_fraction"] > STARVED_FRACTION and not starvation_warned:
+                    advice = starvation_advice(
+                        record["data_wait_fraction"], step, data_args.dataloader_num_workers, os.cpu_count() or 1
+                    )
+                    logger.warning(advice, main_process_only=True)
+                    starvation_warned = True
                 logger.info(json.dumps(record), main_process_only=True)
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 window_start, window_images = time.perf_counter(), 0
@@ -441,8 +459,9 @@ def train(
             source=eval_source or preset.hub_id, variant=variant, global_step=step,
             num_processes=accelerator.num_processes,
         )  # fmt: skip
-        (output_dir / "eval_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-        logger.info(f"mIoU {summary['mIoU']:.2f}; model and results in {output_dir}", main_process_only=True)
+        warn_absent_classes(eval_results, preset.class_names)
+        write_results(output_dir, summary)
+        logger.info(f"mIoU {summary['mIoU']}; model and results in {output_dir}", main_process_only=True)
     return {"global_step": step, "history": history, "eval": eval_results}
 
 

@@ -1,4 +1,4 @@
-"""MMSegmentation-equivalent data augmentation on numpy arrays (no OpenCV needed, no torchvision).
+"""MMSegmentation-equivalent data augmentation on numpy arrays, with OpenCV as mmcv's cv2 backend (no torchvision).
 
 Training pipeline (mmseg 1.x ``train_pipeline`` + ``SegDataPreProcessor``, identical in 0.x):
 ``RandomResize(scale, ratio_range=(0.5, 2.0), keep_ratio=True)`` -> ``RandomCrop(crop, cat_max_ratio=0.75)`` ->
@@ -7,20 +7,21 @@ Training pipeline (mmseg 1.x ``train_pipeline`` + ``SegDataPreProcessor``, ident
 Images are uint8 RGB arrays (H, W, 3), labels integer arrays (H, W) already in train ids (255 = ignore).
 Every random step takes an explicit ``numpy.random.Generator``; without one, :func:`sample_rng` gives one seeded
 from torch's global RNG, which PyTorch seeds differently in every DataLoader worker and epoch.
-Resizing and colour conversion equal mmcv's cv2 backend bit for bit (tests/test_transforms.py compares with OpenCV):
-``cv2.resize`` ``INTER_LINEAR`` fixed-point arithmetic for images, its ``INTER_NEAREST`` index rule for labels, and
-``cv2.cvtColor``'s uint8 RGB <-> HSV rounding in the photometric distortion.
+Resizing and colour conversion call OpenCV as mmcv's cv2 backend does (``cv2.resize`` ``INTER_LINEAR`` for images,
+``INTER_NEAREST`` for labels, ``cv2.cvtColor`` uint8 RGB <-> HSV), so the pixels are mmseg's bit for bit on the same
+OpenCV 4.x and CPU (docs/protocol.md); tests/test_transforms.py replays mmseg's steps with cv2 against these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# The label resize (OpenCV's INTER_NEAREST rule) is the image processor's, so `segmentation_maps` resize alike.
+# The image processor's label resize: OpenCV's INTER_NEAREST index rule in numpy, for dtypes OpenCV cannot hold.
 from modeling_segret.image_processing_segret import resize_label
 from modeling_segret.inference_segret import rescale_size
 from training.presets import IGNORE_INDEX
@@ -40,53 +41,37 @@ def sample_rng() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
+def single_threaded_opencv(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, as PyTorch gives each worker one torch thread.
+
+    OpenCV would otherwise start a thread per core in every worker: N workers then compete with N × cores threads
+    (and with the training process) for the cores. MMEngine turns OpenCV's threads off for the same reason.
+    """
+    cv2.setNumThreads(1)
+
+
 def _size_pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, (int, np.integer)) else (int(value[0]), int(value[1]))
 
 
 # --------------------------------------------------------------------------------------------------------- resizing
-def _linear_taps(in_size: int, out_size: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV ``INTER_LINEAR`` taps along one axis: source indices (i0, i1) and 11-bit weights (w0, w1).
-
-    Position ``(d + 0.5) * (1 / (out / in)) - 0.5`` in float32, split into floor and fraction; the weights are
-    ``round((1 - frac) * 2048)`` and ``round(frac * 2048)``. Along x (``clamp``) positions outside the image take the
-    edge pixel with weight (2048, 0); along y the weights are kept and the rows are clipped to the image.
-    """
-    position = ((np.arange(out_size) + 0.5) * (1.0 / (out_size / in_size)) - 0.5).astype(np.float32)
-    index = np.floor(position)
-    frac = position - index
-    index = index.astype(np.int64)
-    if clamp:
-        outside = (index < 0) | (index >= in_size - 1)
-        frac[outside] = 0
-        index = np.clip(index, 0, in_size - 1)
-    w0 = np.rint((np.float32(1.0) - frac) * np.float32(2048.0)).astype(np.int32)
-    w1 = np.rint(frac * np.float32(2048.0)).astype(np.int32)
-    return np.clip(index, 0, in_size - 1), np.clip(index + 1, 0, in_size - 1), w0, w1
-
-
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Bilinear resize of a uint8 (H, W, C) image to ``size`` = (h, w), equal to ``cv2.resize`` ``INTER_LINEAR``.
+    """Bilinear resize of a uint8 (H, W, C) image to ``size`` = (h, w): ``cv2.resize`` ``INTER_LINEAR``, as mmcv."""
+    return cv2.resize(image, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
-    OpenCV's fixed-point arithmetic: 11-bit weights, a horizontal pass into integers, then a vertical pass computed
-    as its vector code does, ``((((a >> 4) * w0) >> 16) + (((b >> 4) * w1) >> 16) + 2) >> 2``. Halving both sides
-    averages 2×2 blocks with rounding, as OpenCV does there (``INTER_AREA``).
+
+_OPENCV_LABEL_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32)}
+
+
+def resize_training_label(label: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to ``size`` = (h, w): ``cv2.resize`` ``INTER_NEAREST``, as mmcv.
+
+    Label dtypes OpenCV 4 cannot hold (int64, uint32) take the image processor's :func:`resize_label`, the same
+    index rule in numpy.
     """
-    h, w = int(size[0]), int(size[1])
-    height, width = image.shape[:2]
-    if (height, width) == (h, w):
-        return image
-    pixels = image.astype(np.int32)
-    if (height, width) == (2 * h, 2 * w):
-        blocks = pixels[0::2, 0::2] + pixels[0::2, 1::2] + pixels[1::2, 0::2] + pixels[1::2, 1::2]
-        return ((blocks + 2) >> 2).astype(np.uint8)
-    x0, x1, a0, a1 = _linear_taps(width, w, clamp=True)
-    a0, a1 = a0.reshape(1, w, *[1] * (image.ndim - 2)), a1.reshape(1, w, *[1] * (image.ndim - 2))
-    rows = (pixels[:, x0] * a0 + pixels[:, x1] * a1) >> 4  # (H, w, C), weight sum 2048, then >> 4 as OpenCV
-    y0, y1, b0, b1 = _linear_taps(height, h, clamp=False)
-    b0, b1 = b0.reshape(h, *[1] * (image.ndim - 1)), b1.reshape(h, *[1] * (image.ndim - 1))
-    out = (((rows[y0] * b0) >> 16) + ((rows[y1] * b1) >> 16) + 2) >> 2
-    return np.clip(out, 0, 255).astype(np.uint8)
+    if label.dtype in _OPENCV_LABEL_DTYPES:
+        return cv2.resize(label, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
+    return resize_label(label, (int(size[0]), int(size[1])))
 
 
 def random_resize(
@@ -100,7 +85,7 @@ def random_resize(
     rng = rng or sample_rng()
     ratio = rng.random() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
     target = rescale_size(image.shape[0], image.shape[1], (int(scale[0] * ratio), int(scale[1] * ratio)))
-    return resize_image(image, target), resize_label(label, target)
+    return resize_image(image, target), resize_training_label(label, target)
 
 
 # ------------------------------------------------------------------------------------------------------ geometric
@@ -150,99 +135,28 @@ def random_flip(
     """Horizontal flip with probability ``prob`` (one ``rng.random()`` draw, as mmseg's ``RandomFlip``)."""
     rng = rng or sample_rng()
     if rng.random() < prob:
-        return image[:, ::-1], label[:, ::-1]
+        return cv2.flip(image, 1), label[:, ::-1]
     return image, label
 
 
 # ---------------------------------------------------------------------------------------------------------- colour
-def _div_table(numerator: int) -> np.ndarray:
-    # OpenCV's fixed-point reciprocal tables (12 fractional bits): round(numerator * 4096 / i), 0 for i = 0.
-    i = np.arange(256, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        table = np.where(i > 0, np.rint(numerator * 4096.0 / np.maximum(i, 1)), 0)
-    return table.astype(np.int64)
+def _affine_table(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """mmseg's ``PhotoMetricDistortion.convert`` (float32 ``x * alpha + beta``, clip to [0, 255], truncating cast to
+    uint8) as a table of its 256 values: applied with ``cv2.LUT``, it gives the same bytes as the formula."""
+    return np.clip(np.arange(256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-_SAT_DIV = _div_table(255)
-_HUE_DIV = _div_table(30)  # 180 / 6: hue in OpenCV's uint8 range [0, 180)
+def _in_hsv(image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> HSV (OpenCV's uint8 conventions, H in [0, 180)) -> per-channel ``table`` -> RGB, with cv2.
 
-
-def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> uint8 HSV with OpenCV's conventions (H in [0, 180), S and V in [0, 255], integer rounding)."""
-    rgb = image.astype(np.int64)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(axis=-1)
-    diff = v - rgb.min(axis=-1)
-    s = (diff * _SAT_DIV[v] + 2048) >> 12
-    hue = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    hue = (hue * _HUE_DIV[diff] + 2048) >> 12  # arithmetic shift = floor, as in OpenCV
-    hue = np.where(hue < 0, hue + 180, hue)
-    return np.stack([hue, s, v], axis=-1).astype(np.uint8)
-
-
-def _opencv_simd_lanes() -> int:
-    """float32 lanes of the vector code OpenCV's colour conversions dispatch to on this CPU.
-
-    16 with AVX-512 (SKX), 8 with AVX2 + FMA, 4 otherwise (SSE), as OpenCV 4.x's runtime dispatch chooses; read from
-    ``/proc/cpuinfo``, 8 (AVX2) where that is unavailable.
+    mmseg converts its BGR images with ``COLOR_BGR2HSV``/``COLOR_HSV2BGR``; RGB images with the RGB codes give the
+    same HSV values and the same pixels.
     """
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return 8
-    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
-        return 16
-    return 8 if {"avx2", "fma", "f16c"} <= flags else 4
+    hsv = cv2.LUT(cv2.cvtColor(image, cv2.COLOR_RGB2HSV), table)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-# The pixel blocks of cv2.cvtColor's vector loop (4 vectors of float32 lanes) depend on the CPU; mmcv's
-# PhotoMetricDistortion gives different ±1 roundings on AVX-512 and AVX2 machines.
-OPENCV_SIMD_LANES = _opencv_simd_lanes()
-# Which of (v, v(1-s), v(1-s f), v(1-s(1-f))) is R, G, B in each 60-degree sector.
-_SECTOR_RGB = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
-
-
-def _one_minus_product(a: np.ndarray, b: np.ndarray, fused: bool) -> np.ndarray:
-    """float32 ``1 - a*b``, with one rounding where the compiler fused it into an FMA (OpenCV's AVX2/AVX-512 code)."""
-    if not fused:
-        return np.float32(1.0) - a * b
-    return (1.0 - a.astype(np.float64) * b).astype(np.float32)  # the float64 product of two float32 is exact
-
-
-def hsv_to_rgb(hsv: np.ndarray, simd_lanes: int = OPENCV_SIMD_LANES) -> np.ndarray:
-    """uint8 HSV (OpenCV conventions, see :func:`rgb_to_hsv`) -> uint8 RGB, equal to ``cv2.cvtColor`` bit for bit.
-
-    OpenCV converts each image row in blocks of ``4 * simd_lanes`` pixels with vector code that truncates to uint8,
-    and the remaining ``width % (4 * simd_lanes)`` pixels with scalar code that rounds to nearest; both compute in
-    float32, with ``1 - s*f`` fused into one FMA on AVX2/AVX-512 builds. This does the same per column.
-    """
-    f32 = np.float32
-    width = hsv.shape[-2] if hsv.ndim >= 2 else 1
-    block = 4 * simd_lanes
-    vector = np.arange(width) < width // block * block  # columns OpenCV's vector loop converts
-    h = hsv[..., 0].astype(f32) * (f32(6.0) / f32(180.0))
-    s = hsv[..., 1].astype(f32) * f32(1.0 / 255.0)
-    v = hsv[..., 2].astype(f32) * f32(1.0 / 255.0)
-    # Sector and position in it: the vector code takes the integer part mod 6, the scalar code fmod(h, 6) (equal for
-    # hues below 180).
-    whole = np.trunc(h)
-    h_mod = np.fmod(h, f32(6.0))
-    sector = np.where(vector, whole - np.trunc(whole * f32(1.0 / 6.0)) * f32(6.0), np.floor(h_mod))
-    frac = np.where(vector, h - whole, h_mod - np.floor(h_mod))
-    fused = simd_lanes >= 8
-    table = np.stack(
-        [v, v * (f32(1.0) - s), v * _one_minus_product(s, frac, fused), v * _one_minus_product(s, 1 - frac, fused)],
-        axis=-1,
-    )
-    rgb = np.take_along_axis(table, _SECTOR_RGB[sector.astype(np.int64) % 6], axis=-1) * f32(255.0)
-    rgb = np.where(vector[:, None], np.trunc(rgb), np.rint(rgb))
-    return np.clip(rgb, 0, 255).astype(np.uint8)
-
-
-def _affine_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    # mmseg's PhotoMetricDistortion.convert: float32 affine, clip, then truncating cast to uint8.
-    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+_IDENTITY = np.arange(256, dtype=np.uint8)
 
 
 def photometric_distortion(
@@ -257,27 +171,26 @@ def photometric_distortion(
 
     Order of draws: brightness; mode (contrast first if 1, last if 0); [contrast]; saturation; hue; [contrast].
     Brightness adds U(-32, 32), contrast multiplies by U(0.5, 1.5), saturation scales S by U(0.5, 1.5), hue adds
-    an integer in [-18, 18) modulo 180 (OpenCV uint8 HSV). RGB instead of mmseg's BGR gives the same HSV values.
+    an integer in [-18, 18) modulo 180 (OpenCV uint8 HSV); each through an HSV round trip of its own, as mmseg.
+    Every per-value step is a 256-entry lookup table, so the whole distortion runs in OpenCV.
     """
     rng = rng or sample_rng()
     img = image
     if rng.integers(2):
-        img = _affine_uint8(img, beta=rng.uniform(-brightness_delta, brightness_delta))
+        img = cv2.LUT(img, _affine_table(beta=rng.uniform(-brightness_delta, brightness_delta)))
     contrast_first = rng.integers(2) == 1
 
     def contrast(x: np.ndarray) -> np.ndarray:
-        return _affine_uint8(x, alpha=rng.uniform(*contrast_range)) if rng.integers(2) else x
+        return cv2.LUT(x, _affine_table(alpha=rng.uniform(*contrast_range))) if rng.integers(2) else x
 
     if contrast_first:
         img = contrast(img)
     if rng.integers(2):
-        hsv = rgb_to_hsv(img)
-        hsv[..., 1] = _affine_uint8(hsv[..., 1], alpha=rng.uniform(*saturation_range))
-        img = hsv_to_rgb(hsv)
+        saturation = _affine_table(alpha=rng.uniform(*saturation_range))
+        img = _in_hsv(img, np.stack([_IDENTITY, saturation, _IDENTITY], axis=-1)[:, None])
     if rng.integers(2):
-        hsv = rgb_to_hsv(img)
-        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + rng.integers(-hue_delta, hue_delta)) % 180
-        img = hsv_to_rgb(hsv)
+        hue = ((np.arange(256) + rng.integers(-hue_delta, hue_delta)) % 180).astype(np.uint8)
+        img = _in_hsv(img, np.stack([hue, _IDENTITY, _IDENTITY], axis=-1)[:, None])
     if not contrast_first:
         img = contrast(img)
     return img
@@ -286,10 +199,12 @@ def photometric_distortion(
 # ------------------------------------------------------------------------------------------------ to model tensors
 def normalize(image: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W) tensor ``(x - mean) / std``."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean_t) / std_t
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    # In place on one contiguous float32 copy: a third of the time of the out-of-place formula, the same values.
+    x = torch.empty(pixels.shape, dtype=torch.float32).copy_(pixels)
+    return x.sub_(torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)).div_(
+        torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    )
 
 
 def pad_to_size(
