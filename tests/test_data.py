@@ -1,6 +1,7 @@
 """Presets on tiny datasets written in each benchmark's real schema: loading, label mapping, augmentation, bad data."""
 
 import io
+from dataclasses import replace
 
 import datasets
 import numpy as np
@@ -11,13 +12,19 @@ from PIL import Image
 from training.data import (
     MIN_PAIRING_ROWS,
     SegmentationDataset,
+    StreamAugmentation,
+    StreamBatchSampler,
     build_dataset,
     check_pairing,
+    check_split_labels,
     collate_eval,
     collate_train,
     format_histogram,
     load_split,
+    load_train_stream,
     main,
+    read_image,
+    scan_labels,
     verify_labels,
     worker_init_fn,
 )
@@ -335,6 +342,179 @@ def test_verify_labels_reports_every_bad_row(tmp_path, capsys):
         verify_labels(ds, 10)
     assert main(["--dataset", "ade20k", "--dataset_path", str(path), "--verify_labels", "3"]) == 1
     assert "label check failed" in capsys.readouterr().err
+
+
+def _bad_ade_dataset(tmp_path, rows=7):
+    """An ADE20K validation split whose rows 1, 4 and 5 hold values outside 0..150."""
+    maps = [np.array([[1, 2], [3, 150]], np.uint8) for _ in range(rows)]
+    maps[1][0, 0], maps[4][1, 1], maps[5][0, 1] = 151, 200, 255
+    path = tmp_path / "bad_ade"
+    datasets.DatasetDict({"validation": _rows(maps, "annotation")}).save_to_disk(str(path))
+    return build_dataset("ade20k", str(path))
+
+
+def test_split_label_check_is_cached_by_fingerprint(ade_parquet, tmp_path, monkeypatch):
+    """The second check of the same data (a resume) reads no label; other data, or another label mapping, does."""
+    root, _ = ade_parquet
+    reads = {"count": 0}
+    original = SegmentationDataset.raw_label
+
+    def counting(self, index):
+        reads["count"] += 1
+        return original(self, index)
+
+    monkeypatch.setattr(SegmentationDataset, "raw_label", counting)
+    cache = tmp_path / "run" / "label_check.json"
+    assert check_split_labels(build_dataset("ade20k", str(root), "validation"), cache) is True
+    assert reads["count"] == 3 and cache.is_file()
+    assert check_split_labels(build_dataset("ade20k", str(root), "validation"), cache) is False
+    assert reads["count"] == 3  # not rescanned
+    # Fewer rows, or the same rows under another preset's mapping, are other checks.
+    assert check_split_labels(build_dataset("ade20k", str(root), "validation", max_samples=2), cache) is True
+    generic = get_preset("generic", num_labels=151, image_column="image", label_column="annotation")
+    assert check_split_labels(build_dataset(generic, str(root), "validation"), cache) is True
+    assert reads["count"] == 3 + 2 + 3
+    cache.write_text("{not json")  # a damaged cache means one more scan, never a skipped one
+    assert check_split_labels(build_dataset("ade20k", str(root), "validation"), cache) is True
+
+
+def test_split_label_check_of_image_folders_notices_a_changed_label_file(tmp_path):
+    """Folder datasets hold paths: the fingerprint alone would not see a label file rewritten in place."""
+    images, labels = tmp_path / "f" / "images" / "validation", tmp_path / "f" / "annotations" / "validation"
+    images.mkdir(parents=True), labels.mkdir(parents=True)
+    for index in range(2):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / f"{index}.jpg")
+        Image.fromarray(np.full((4, 4), 3, np.uint8)).save(labels / f"{index}.png")
+    cache = tmp_path / "label_check.json"
+    assert check_split_labels(build_dataset("ade20k", str(tmp_path / "f")), cache) is True
+    assert check_split_labels(build_dataset("ade20k", str(tmp_path / "f")), cache) is False
+    Image.fromarray(np.full((4, 4), 201, np.uint8)).save(labels / "1.png")
+    with pytest.raises(DataError, match=r"1 of 2 rows: row 1: values \[201\]"):
+        check_split_labels(build_dataset("ade20k", str(tmp_path / "f")), cache)
+
+
+def test_split_label_check_shards_name_every_bad_row(tmp_path):
+    """Each process scans rows rank::world; the gathered error equals the one-process error, and a failed check is
+    not cached."""
+    dataset = _bad_ade_dataset(tmp_path)
+    cache = tmp_path / "label_check.json"
+    with pytest.raises(DataError) as single:
+        check_split_labels(dataset, cache)
+    assert "3 of 7 rows: row 1: values [151]; row 4: values [200]; row 5: values [255]" in str(single.value)
+    assert not cache.exists()
+    shards = [scan_labels(dataset, range(rank, len(dataset), 3)) for rank in range(3)]
+    for rank in range(3):
+        with pytest.raises(DataError) as sharded:
+            check_split_labels(dataset, cache, rank, 3, gather=lambda _: shards)
+        assert str(sharded.value) == str(single.value)
+
+
+@pytest.mark.slow
+def test_two_processes_check_labels_like_one(tmp_path):
+    """torchrun, 2 processes: each scans half the rows, both raise the one-process error; a clean split passes and
+    is cached once."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repository = Path(__file__).resolve().parent.parent
+    dataset = _bad_ade_dataset(tmp_path)
+    with pytest.raises(DataError) as single:
+        check_split_labels(dataset)
+    worker = str(repository / "tests" / "label_check_dist_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               worker, str(tmp_path / "bad_ade"), str(tmp_path)]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(repository), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [r["error"] for r in results] == [str(single.value)] * 2
+    assert results[0]["rows"] == [0, 2, 4, 6] and results[1]["rows"] == [1, 3, 5]
+    assert [r["clean_scanned"] for r in results] == [True, True] and [r["rescanned"] for r in results] == [False] * 2
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+def _parquet_shards(root, num_rows=10, shards=2):
+    """A generic-preset training split as data/train-*.parquet shards; row i's label is filled with i % 3."""
+    (root / "data").mkdir(parents=True)
+    for shard in range(shards):
+        rows = range(shard, num_rows, shards)
+        table = {"image": [{"bytes": _jpeg(8, 8, i), "path": None} for i in rows],
+                 "label": [{"bytes": _png(np.full((8, 8), i % 3, np.uint8)), "path": None} for i in rows],
+                 "row": list(rows)}  # fmt: skip
+        features = datasets.Features({**IMAGE_FEATURES_GENERIC, "row": datasets.Value("int64")})
+        datasets.Dataset.from_dict(table, features=features).to_parquet(
+            str(root / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet")
+        )
+    return root
+
+
+IMAGE_FEATURES_GENERIC = {"image": datasets.Image(), "label": datasets.Image()}
+
+
+def _streamed_rows(root, rank, world_size, epoch=0, start_batch=0, batch_size=2, buffer=4):
+    preset = replace(get_preset("generic", num_labels=3), crop_size=(8, 8), train_scale=(8, 8))
+    stream = load_train_stream(
+        preset, str(root), "train", seed=0, shuffle_buffer_size=buffer, rank=rank, world_size=world_size
+    )
+    sampler = StreamBatchSampler(stream, batch_size)
+    sampler.set_position(epoch, start_batch)
+    return stream, [[read_image(row["image"]).tobytes() for _, _, row in batch] for batch in sampler]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])  # whole shards per process; every third row of the shuffled stream
+def test_stream_shares_rows_between_processes_and_reshuffles_each_epoch(tmp_path, world_size):
+    root = _parquet_shards(tmp_path, num_rows=12)
+    everything = {read_image({"bytes": _jpeg(8, 8, i), "path": None}).tobytes() for i in range(12)}
+    epochs = []
+    for epoch in (0, 1):
+        shares = [_streamed_rows(root, rank, world_size, epoch, batch_size=1)[1] for rank in range(world_size)]
+        seen = [[rows[0] for rows in share] for share in shares]
+        assert sum(map(len, seen)) == 12 and set().union(*map(set, seen)) == everything  # disjoint, complete
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # another order (and, with a split by rows, other rows per process)
+
+
+def test_stream_position_continues_the_same_batches(tmp_path):
+    root = _parquet_shards(tmp_path, num_rows=11, shards=1)
+    _, epoch = _streamed_rows(root, 0, 1, epoch=2)
+    assert len(epoch) == 5 and all(len(batch) == 2 for batch in epoch)  # the 11th row: no incomplete batch
+    assert _streamed_rows(root, 0, 1, epoch=2, start_batch=3)[1] == epoch[3:]
+
+
+def test_stream_augmentation_is_seeded_by_epoch_rank_and_position(tmp_path):
+    root = _parquet_shards(tmp_path, num_rows=4, shards=1)
+    stream, _ = _streamed_rows(root, 0, 1)
+    row = next(iter(stream.stream))
+    stream.transform = TrainTransform((16, 8), (8, 8))
+    augmentation = StreamAugmentation(stream, seed=0, rank=0)
+    first, again = augmentation[(0, 5, row)], augmentation[(0, 5, row)]
+    assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["index"] == 5
+    positions = [augmentation[(0, position, row)]["pixel_values"] for position in range(5)]
+    epochs = [augmentation[(epoch, 5, row)]["pixel_values"] for epoch in range(1, 6)]
+    for others in (positions, epochs):  # other draws, though a few may coincide on an 8x8 image
+        assert any(not torch.equal(first["pixel_values"], other) for other in others)
+
+
+def test_stream_refuses_what_it_cannot_stream(tmp_path):
+    preset = get_preset("generic", num_labels=3)
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": _rows([np.zeros((4, 4), np.uint8)], "label")}).save_to_disk(str(saved))
+    with pytest.raises(DataError, match="holds no parquet file .* Train without --streaming"):
+        load_train_stream(preset, str(saved), "train", seed=0, shuffle_buffer_size=1, rank=0, world_size=1)
+    root = _parquet_shards(tmp_path / "p", num_rows=2, shards=1)
+    with pytest.raises(DataError, match=r"has no column 'annotation'; columns are \['image', 'label', 'row'\]"):
+        load_train_stream(
+            get_preset("generic", num_labels=3, label_column="annotation"), str(root), "train", seed=0,
+            shuffle_buffer_size=1, rank=0, world_size=1,
+        )  # fmt: skip
+    with pytest.raises(DataError, match=r"split 'validation' not found"):
+        load_train_stream(preset, str(root), "validation", seed=0, shuffle_buffer_size=1, rank=0, world_size=1)
+    stream = load_train_stream(preset, str(root), "train", seed=0, shuffle_buffer_size=1, rank=0, world_size=1)
+    with pytest.raises(DataError, match="fewer rows than one batch"):
+        list(StreamBatchSampler(stream, 3))
 
 
 # --------------------------------------------------------------------------------------------------- bad data

@@ -1,6 +1,7 @@
 """training/train.py end to end on the synthetic scenes: evaluation, checkpoints, exact resume, recipes, crashes;
 how its tools start (as scripts and as modules)."""
 
+import hashlib
 import json
 import math
 import os
@@ -238,3 +239,89 @@ def test_demo_learns_far_above_the_majority_baseline(tmp_path):
     )
     # Predicting the most frequent class everywhere scores about 0.04 mIoU on these scenes.
     assert result["eval"]["mean_iou"] > 0.25, result["eval"]["mean_iou"]
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+def parquet_scenes(root: Path, num_train: int = 8, num_validation: int = 4, train_shards: int = 2) -> Path:
+    """The synthetic scenes as Hub-style parquet shards: data/train-0000i-of-0000N.parquet, data/validation-..."""
+    import datasets
+
+    saved = datasets.load_from_disk(str(generate(root / "saved", num_train=num_train, num_validation=num_validation)))
+    (root / "parquet" / "data").mkdir(parents=True)
+    for split, shards in (("train", train_shards), ("validation", 1)):
+        for index in range(shards):
+            shard = saved[split].shard(shards, index, contiguous=True)
+            shard.to_parquet(str(root / "parquet" / "data" / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+    return root / "parquet"
+
+
+@pytest.fixture(scope="module")
+def streamed_scenes(tmp_path_factory) -> Path:
+    return parquet_scenes(tmp_path_factory.mktemp("streamed"))
+
+
+@pytest.mark.slow
+def test_streaming_resume_mid_epoch_logs_identical_losses(streamed_scenes, tmp_path):
+    """8 rows, batches of 2: 4 batches an epoch. Stopped at step 5 (epoch 1, one batch in) and resumed, the run logs
+    the losses of an uninterrupted one; DataLoader workers do not change the order."""
+    streaming = ("--streaming", "--shuffle_buffer_size", "3", "--eval_steps", "100", "--num_overlays", "0")
+    uninterrupted = train.main(tiny_run(streamed_scenes, tmp_path / "a", *streaming))["history"]
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    workers = ("--dataloader_num_workers", "2")
+    first = train.main(tiny_run(streamed_scenes, tmp_path / "b", *streaming, *workers, "--stop_after_steps", "5"))
+    state = json.loads((tmp_path / "b" / "checkpoint-5" / "rank_state_0.json").read_text())
+    assert state == {"epoch": 1, "batch_in_epoch": 1}
+    AcceleratorState._reset_state(reset_partial_state=True)
+    second = train.main(tiny_run(streamed_scenes, tmp_path / "b", *streaming, "--resume_from_checkpoint", "latest"))
+
+    resumed = first["history"] + second["history"]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in uninterrupted]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match="written by a run with --streaming; resume it with --streaming"):
+        train.main(tiny_run(streamed_scenes, tmp_path / "b", "--resume_from_checkpoint", "latest", "--max_steps", "7",
+                            "--ignore_run_mismatch"))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_stream_disjoint_shares_of_all_rows(streamed_scenes, tmp_path):
+    """torchrun, 2 CPU processes, 2 parquet shards of 4 rows, batches of 2: steps 1-2 are one epoch, in which the
+    processes augment different rows and together every row; then each continues into epoch 1 from its own
+    position, and the run evaluates."""
+    import datasets
+
+    output = tmp_path / "ddp"
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+        str(REPOSITORY / "tests" / "streaming_dist_worker.py"), str(tmp_path),
+        *tiny_run(streamed_scenes, output, "--streaming", "--max_steps", "3", "--save_steps", "2", "--eval_steps",
+                  "100", "--num_overlays", "0"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = [json.loads((tmp_path / f"rows_{rank}.json").read_text()) for rank in range(2)]
+    train_rows = datasets.load_dataset(str(streamed_scenes), split="train").cast_column(
+        "image", datasets.Image(decode=False)
+    )
+    everything = sorted(hashlib.sha256(cell["bytes"]).hexdigest() for cell in train_rows["image"])
+    first_epoch = [share[:4] for share in rows]  # 2 steps of 2 rows
+    assert not set(first_epoch[0]) & set(first_epoch[1])
+    assert sorted(first_epoch[0] + first_epoch[1]) == everything
+    assert [len(share) for share in rows] == [6, 6]
+    states = [json.loads((output / "checkpoint-2" / f"rank_state_{rank}.json").read_text()) for rank in range(2)]
+    assert states == [{"epoch": 0, "batch_in_epoch": 2}] * 2
+    assert json.loads((output / "eval_results.json").read_text())["num_samples"] == 4
+
+
+def test_streaming_recipe_needs_no_length_or_random_access():
+    with pytest.raises(ValueError) as error:
+        parse_arguments(["--streaming", "--dataset", "generic", "--num_labels", "3", "--crop_size", "64",
+                         "--max_train_samples", "10", "--shuffle_buffer_size", "0"])  # fmt: skip
+    message = str(error.value)
+    assert "--shuffle_buffer_size must be at least 1, got 0" in message
+    assert "--max_train_samples needs a map-style dataset" in message
+    assert "--streaming with --dataset generic needs --train_scale, --test_scale" in message
+    parse_arguments(["--streaming", "--dataset", "generic", "--num_labels", "3", "--crop_size", "64",
+                     "--train_scale", "128", "64", "--test_scale", "128", "64"])  # fmt: skip

@@ -266,10 +266,12 @@ def save_checkpoint(
     batch: int,
     limit: int,
     run: dict | None = None,
+    rank_state: dict | None = None,
 ) -> Path:
     """Accelerate state in a temporary folder, renamed into place once complete; keeps this run's newest `limit`.
 
-    `run` ({"run_id": ..., "identity": {...}}) is stored in the trainer state, with every file's size.
+    `run` ({"run_id": ..., "identity": {...}}) is stored in the trainer state, with every file's size; `rank_state`,
+    given by every process, in `rank_state_<process>.json` (:func:`read_rank_state`).
     """
     final = output_dir / f"checkpoint-{step}"
     temporary = output_dir / f".tmp-checkpoint-{step}"
@@ -279,10 +281,16 @@ def save_checkpoint(
     error = None
     try:
         accelerator.save_state(str(temporary))
-        if accelerator.is_main_process:
-            write_trainer_state(accelerator, temporary, step, epoch, batch, run)
+        if rank_state is not None:  # this process's own data position (a stream's epoch and batch differ per process)
+            (temporary / rank_state_file(accelerator.process_index)).write_text(json.dumps(rank_state))
     except (OSError, RuntimeError) as err:  # torch reports a full disk as RuntimeError ("unexpected pos ...")
         error = err
+    accelerator.wait_for_everyone()  # every process's files are written before the main process lists them
+    if accelerator.is_main_process and error is None:
+        try:
+            write_trainer_state(accelerator, temporary, step, epoch, batch, run)
+        except OSError as err:
+            error = err
     local = None if error is None else write_failure(error, output_dir, checkpoint_size(accelerator, output_dir))
     failures = gather_object([local]) if accelerator.num_processes > 1 else [local]
     if any(failures):
@@ -329,6 +337,16 @@ def write_trainer_state(
         handle.write(json.dumps(state, indent=2))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def rank_state_file(process_index: int) -> str:
+    return f"rank_state_{process_index}.json"
+
+
+def read_rank_state(checkpoint: Path, process_index: int) -> dict | None:
+    """The `rank_state` that process `process_index` saved in `checkpoint` (:func:`save_checkpoint`), or None."""
+    path = checkpoint / rank_state_file(process_index)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_newest(accelerator: Accelerator, candidates: list[Path]) -> tuple[Path, dict] | None:

@@ -19,11 +19,12 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+import datasets.distributed
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -328,18 +329,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The decoded image and the *raw* label map of row ``index`` (no mapping, no transform)."""
-        row = self.dataset[int(index)]
-        image_cell, label_cell = row[self.preset.image_column], row[self.preset.label_column]
-        where = self._where(index)
-        image = read_image(image_cell, f"{where}column '{self.preset.image_column}' {_cell_file(image_cell)}")
-        label = read_label(label_cell, f"{where}column '{self.preset.label_column}' {_cell_file(label_cell)}")
-        # Both were turned upright by their EXIF orientation before this check.
-        if image.shape[:2] != label.shape:
-            raise DataError(
-                f"{where}image {_cell_file(image_cell)}is {image.shape[1]}x{image.shape[0]} (WxH) but label "
-                f"'{self.preset.label_column}' {_cell_file(label_cell)}is {label.shape[1]}x{label.shape[0]}"
-            )
-        return image, label
+        return decode_row(self.dataset[int(index)], self.preset, self._where(index))
 
     def raw_label(self, index: int) -> np.ndarray:
         """The *raw* label map of row ``index`` alone (no image decoded): for fast label scans."""
@@ -355,14 +345,33 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def get_item(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Item ``index`` with the transform's random draws taken from ``rng`` (default: a per-worker stream)."""
-        image, raw = self.raw_item(index)
-        cell = self.dataset[int(index)][self.preset.label_column]
-        label = self.preset.map_labels(
-            raw, f"{self._where(index)}column '{self.preset.label_column}' {_cell_file(cell)}"
-        )
-        item = self.transform(image, label, rng)
+        item = transformed_row(self.dataset[int(index)], self.preset, self.transform, rng, self._where(index))
         item["index"] = int(index)
         return item
+
+
+def decode_row(row: dict[str, Any], preset: DatasetPreset, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded image and the *raw* label map of a row's undecoded cells; ``where`` names the row in errors."""
+    image_cell, label_cell = row[preset.image_column], row[preset.label_column]
+    image = read_image(image_cell, f"{where}column '{preset.image_column}' {_cell_file(image_cell)}")
+    label = read_label(label_cell, f"{where}column '{preset.label_column}' {_cell_file(label_cell)}")
+    # Both were turned upright by their EXIF orientation before this check.
+    if image.shape[:2] != label.shape:
+        raise DataError(
+            f"{where}image {_cell_file(image_cell)}is {image.shape[1]}x{image.shape[0]} (WxH) but label "
+            f"'{preset.label_column}' {_cell_file(label_cell)}is {label.shape[1]}x{label.shape[0]}"
+        )
+    return image, label
+
+
+def transformed_row(
+    row: dict[str, Any], preset: DatasetPreset, transform: Any, rng: np.random.Generator | None, where: str
+) -> dict[str, Any]:
+    """A row decoded, its labels mapped to train ids, then ``transform``-ed with draws from ``rng``."""
+    image, raw = decode_row(row, preset, where)
+    cell = row[preset.label_column]
+    label = preset.map_labels(raw, f"{where}column '{preset.label_column}' {_cell_file(cell)}")
+    return transform(image, label, rng)
 
 
 def build_dataset(
@@ -550,42 +559,254 @@ class SeededAugmentation(torch.utils.data.Dataset):
         return self.dataset.get_item(row, rng=np.random.default_rng([self.seed, epoch, row]))
 
 
+# ------------------------------------------------------------------------------------------------ streaming
+class TrainStream:
+    """One process's share of a training split read as a ``datasets.IterableDataset``: nothing is converted or
+    cached, rows are read as they are used.
+
+    ``stream`` holds the undecoded image and label columns, already split between the processes
+    (``split_dataset_by_node``: whole shards when their number divides evenly, else every ``world_size``-th row) and
+    shuffled (shard order and a ``shuffle_buffer_size`` buffer, seeded by seed + epoch).
+    """
+
+    def __init__(
+        self, stream: datasets.IterableDataset, preset: DatasetPreset, transform: Any, split: str, source: str
+    ) -> None:
+        self.stream, self.preset, self.transform, self.split, self.source = stream, preset, transform, split, source
+
+
+def load_train_stream(
+    preset: DatasetPreset,
+    source: str | None,
+    split: str,
+    *,
+    seed: int,
+    shuffle_buffer_size: int,
+    rank: int,
+    world_size: int,
+    revision: str | None = None,
+    data_dir: str | None = None,
+) -> TrainStream:
+    """The training split of a Hub id or of local parquet files (a file, or a folder such as ``data/train-*.parquet``)
+    as a :class:`TrainStream` for process ``rank`` of ``world_size``, with the preset's training augmentation."""
+    if source is None:
+        if preset.hub_id is None:
+            raise DataError(f"the {preset.name} preset has no default source; pass a Hub id or local parquet files")
+        source, revision, data_dir = preset.hub_id, revision or preset.hub_revision, data_dir or preset.hub_data_dir
+    path = Path(source)
+    kwargs: dict[str, Any] = {}
+    if revision:
+        kwargs["revision"] = revision
+    if data_dir:
+        kwargs["data_dir"] = data_dir
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise DataError(f"--streaming reads parquet files or a Hub dataset; {source} is a {path.suffix} file")
+        stream = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split, streaming=True)
+    elif path.is_dir() and not list(path.rglob("*.parquet")):
+        raise DataError(
+            f"--streaming reads parquet files or a Hub dataset, and {source} holds no parquet file (a save_to_disk "
+            "folder or image folders?). Train without --streaming: those are read in place, without conversion."
+        )
+    else:
+        try:  # split names from the files' names or the Hub's metadata; nothing is downloaded
+            available = datasets.get_dataset_split_names(source, **kwargs)
+        except Exception as err:  # datasets raises many types for an unreadable source
+            raise DataError(f"{source}: cannot list its splits to stream ({type(err).__name__}: {err})") from err
+        split = _pick_split(available, split, source)
+        stream = datasets.load_dataset(source, split=split, streaming=True, **kwargs)
+    columns = [preset.image_column, preset.label_column]
+    if stream.features is not None:
+        missing = [c for c in columns if c not in stream.features]
+        if missing:
+            raise DataError(
+                f"{source} (split {split!r}) has no column {', '.join(map(repr, missing))}; columns are "
+                f"{list(stream.features)}. Pass --image_column/--label_column to choose others."
+            )
+    stream = stream.select_columns(columns)
+    for column in columns:  # undecoded: images are decoded in the DataLoader workers, with row-level errors
+        if stream.features is not None and isinstance(stream.features[column], datasets.Image):
+            stream = stream.cast_column(column, datasets.Image(decode=False))
+    stream = datasets.distributed.split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+    transform = TrainTransform(preset.train_scale, preset.crop_size)
+    return TrainStream(stream, preset, transform, split, str(source))
+
+
+class StreamBatchSampler(torch.utils.data.Sampler[list]):
+    """Batches of ``(epoch, position, row)`` read from a :class:`TrainStream` in this process, ``start_batch`` batches
+    into epoch ``epoch``; the DataLoader's workers only decode and augment (:class:`StreamAugmentation`).
+
+    Reading the stream here, in one place, keeps its order independent of the number of workers. A resume re-reads
+    (without decoding) the rows of the epoch already used and drops them: ``datasets``' own ``state_dict()`` does not
+    hold the shuffle buffer's rows, and restoring it would skip them and change the order. Each epoch drops an
+    incomplete last batch.
+    """
+
+    def __init__(self, train_stream: TrainStream, batch_size: int) -> None:
+        self.train_stream, self.batch_size = train_stream, batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        stream = self.train_stream.stream
+        stream.set_epoch(self.epoch)
+        skip = self.start_batch * self.batch_size
+        batch, yielded = [], False
+        for position, row in enumerate(stream):
+            if position < skip:
+                continue
+            batch.append((self.epoch, position, row))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch, yielded = [], True
+        if not yielded and skip == 0:
+            raise DataError(
+                f"{self.train_stream.source}: this process's share of split {self.train_stream.split!r} has fewer "
+                f"rows than one batch ({self.batch_size}); use fewer processes, a smaller batch or more data"
+            )
+
+
+class StreamAugmentation(torch.utils.data.Dataset):
+    """Decodes and augments the ``(epoch, position, row)`` items of :class:`StreamBatchSampler`, drawing each
+    sample's augmentation from a generator seeded by (seed, epoch, rank, position): the same crops after a resume,
+    whichever worker makes them (the epoch travels with the item, so persistent workers need no update)."""
+
+    def __init__(self, train_stream: TrainStream, seed: int, rank: int) -> None:
+        self.train_stream, self.seed, self.rank = train_stream, seed, rank
+
+    def __getitem__(self, key: tuple[int, int, dict[str, Any]]) -> dict[str, Any]:
+        epoch, position, row = key
+        stream = self.train_stream
+        where = f"{stream.source}: streamed row {position} of process {self.rank}'s share of split {stream.split!r} "
+        where += f"(epoch {epoch}): "
+        rng = np.random.default_rng([self.seed, epoch, self.rank, position])
+        item = transformed_row(row, stream.preset, stream.transform, rng, where)
+        item["index"] = position
+        return item
+
+
 # ------------------------------------------------------------------------------------------------ label check
+def scan_labels(dataset: SegmentationDataset, indices: Iterable[int]) -> tuple[dict[int, int], list[tuple[int, str]]]:
+    """Raw label histogram of rows ``indices`` and their problems, ``(row, "values ...")`` or an unreadable label's
+    error: collected, never raised, so every bad row of every process can be reported at once."""
+    preset = dataset.preset
+    raw_hist: dict[int, int] = {}
+    problems = []
+    for index in indices:
+        try:
+            raw = dataset.raw_label(index)
+        except DataError as err:
+            problems.append((index, str(err)))
+            continue
+        values, counts = np.unique(raw, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            raw_hist[value] = raw_hist.get(value, 0) + count
+        bad = preset.invalid_values(values)
+        if len(bad):
+            problems.append((index, f"values {_short(bad)}"))
+    return raw_hist, problems
+
+
+def label_check_error(
+    preset: DatasetPreset, rows: int, raw_hist: dict[int, int], problems: list[tuple[int, str]]
+) -> DataError:
+    """One error listing the bad rows (the first 20, in row order) and the raw histogram."""
+    listed = "; ".join(f"row {index}: {problem}" for index, problem in sorted(problems)[:20])
+    return DataError(
+        f"label check failed for column '{preset.label_column}' ({preset.name}: {preset.raw_range}) in "
+        f"{len(problems)} of {rows} rows: {listed}. Raw histogram: {dict(sorted(raw_hist.items()))}"
+    )
+
+
 def verify_labels(dataset: SegmentationDataset, num_rows: int) -> dict[str, Any]:
     """Histogram of raw label values (and train ids) over the first ``num_rows`` rows; raises on bad values.
 
     Every bad row is listed in one :class:`DataError`, so one run shows the whole extent of an encoding mismatch.
     """
     preset = dataset.preset
-    raw_hist: dict[int, int] = {}
-    problems = []
     rows = min(int(num_rows), len(dataset))
-    for index in range(rows):
-        raw = dataset.raw_label(index)
-        values, counts = np.unique(raw, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            raw_hist[value] = raw_hist.get(value, 0) + count
-        bad = preset.invalid_values(values)
-        if len(bad):
-            problems.append(f"row {index}: values {_short(bad)}")
+    raw_hist, problems = scan_labels(dataset, range(rows))
+    if problems:
+        raise label_check_error(preset, rows, raw_hist, problems)
     raw_hist = dict(sorted(raw_hist.items()))
     train_hist: dict[int, int] = {}
     for value, count in raw_hist.items():
-        if not len(preset.invalid_values(np.array([value]))):
-            train_id = int(preset.label_lut[value])
-            train_hist[train_id] = train_hist.get(train_id, 0) + count
-    report = {
+        train_id = int(preset.label_lut[value])
+        train_hist[train_id] = train_hist.get(train_id, 0) + count
+    return {
         "preset": preset.name,
         "rows_checked": rows,
         "raw_histogram": raw_hist,
         "train_id_histogram": dict(sorted(train_hist.items())),
     }
-    if problems:
-        raise DataError(
-            f"label check failed for column '{preset.label_column}' ({preset.name}: {preset.raw_range}) in "
-            f"{len(problems)} of {rows} rows: " + "; ".join(problems[:20]) + f". Raw histogram: {raw_hist}"
-        )
-    return report
+
+
+def label_check_key(dataset: SegmentationDataset) -> str:
+    """What a finished label check of ``dataset`` depends on: its rows (the ``datasets`` fingerprint, plus the size
+    and modification time of label files referenced by path, whose content the fingerprint does not cover) and the
+    label mapping (column, raw range, lookup table)."""
+    import hashlib
+
+    preset = dataset.preset
+    digest = hashlib.sha256()
+    for part in (dataset.dataset._fingerprint, len(dataset), preset.name, preset.label_column, preset.raw_range):
+        digest.update(repr(part).encode() + b"\0")
+    digest.update(np.asarray(preset.label_lut).tobytes())
+    column = dataset.dataset.data.column(preset.label_column)
+    if isinstance(dataset.dataset.features[preset.label_column], datasets.Image):
+        for chunk in column.chunks:  # struct<bytes, path>; only the (small) path column is read
+            if chunk.field("bytes").null_count:
+                for path in chunk.field("path").to_pylist():
+                    stat = Path(path).stat() if path and Path(path).exists() else None
+                    digest.update(f"{path}:{stat and (stat.st_size, stat.st_mtime_ns)}\0".encode())
+    return digest.hexdigest()
+
+
+def check_split_labels(
+    dataset: SegmentationDataset,
+    cache_file: Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[Any], list] | None = None,
+) -> bool:
+    """Checks every label of ``dataset`` once: each of ``world_size`` processes scans rows ``rank::world_size``, the
+    results are combined with ``gather`` (all processes' objects, in rank order; e.g. accelerate's
+    ``gather_object`` on a one-element list), and every process raises the same :class:`DataError` listing the bad
+    rows of all of them.
+
+    A passed check is recorded in ``cache_file`` under :func:`label_check_key`, so the next start on the same data
+    (a resume) skips it. Returns whether the rows were scanned (False: the cache says they were checked already).
+    """
+    key = label_check_key(dataset)
+    if cache_file is not None and cache_file.is_file():
+        try:
+            if key in json.loads(cache_file.read_text()).get("passed", {}):
+                return False
+        except (OSError, ValueError):
+            pass  # an unreadable cache: check again, then rewrite it
+    raw_hist, problems = scan_labels(dataset, range(rank, len(dataset), world_size))
+    shards = gather([(raw_hist, problems)]) if gather is not None else [(raw_hist, problems)]
+    all_problems = [problem for _, shard_problems in shards for problem in shard_problems]
+    if all_problems:
+        combined: dict[int, int] = {}
+        for shard_hist, _ in shards:
+            for value, count in shard_hist.items():
+                combined[value] = combined.get(value, 0) + count
+        raise label_check_error(dataset.preset, len(dataset), combined, all_problems)
+    if cache_file is not None and rank == 0:
+        try:
+            passed = json.loads(cache_file.read_text()).get("passed", {}) if cache_file.is_file() else {}
+        except (OSError, ValueError):
+            passed = {}
+        passed[key] = {"rows": len(dataset), "split": dataset.split, "source": dataset.source}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f".{cache_file.name}.tmp")
+        temporary.write_text(json.dumps({"passed": passed}, indent=2) + "\n")
+        temporary.replace(cache_file)  # a kill never leaves half a cache
+    return True
 
 
 def format_histogram(report: dict[str, Any], preset: DatasetPreset) -> str:

@@ -95,6 +95,16 @@ class DataArguments:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     dataloader_num_workers: int = 2
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "read the training split as a stream (a Hub id or local parquet files), without converting or "
+            "caching it; the evaluation split is loaded as usual"
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=1000, metadata={"help": "with --streaming: rows mixed in the shuffle buffer (seeded by seed + epoch)"}
+    )
     synthetic_num_train: int = 600
     synthetic_num_validation: int = 100
 
@@ -352,6 +362,22 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, arg
     for name in ("max_train_samples", "max_eval_samples"):
         value = getattr(data_args, name)
         need(value is None or value >= 1, f"--{name} must be at least 1, got {value}")
+    need(
+        data_args.shuffle_buffer_size >= 1,
+        f"--shuffle_buffer_size must be at least 1, got {data_args.shuffle_buffer_size}",
+    )
+    if data_args.streaming:
+        # A stream has no length and no random access: nothing may need either before training starts.
+        need(
+            data_args.max_train_samples is None,
+            "--max_train_samples needs a map-style dataset; with --streaming, stream a smaller file instead",
+        )
+        missing_scales = [n for n in ("crop_size", "train_scale", "test_scale") if getattr(data_args, n) is None]
+        need(
+            data_args.dataset != "generic" or not missing_scales,
+            f"--streaming with --dataset generic needs {', '.join('--' + n for n in missing_scales)}: they are "
+            "otherwise derived from the median size of the training images, which a stream cannot read up front",
+        )
     for name in ("synthetic_num_train", "synthetic_num_validation"):
         need(getattr(data_args, name) >= 1, f"--{name} must be at least 1, got {getattr(data_args, name)}")
     if data_args.dataset != "generic":

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, broadcast_object_list, is_tensorboard_available, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, is_tensorboard_available, set_seed
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
@@ -45,6 +45,7 @@ from training.checkpoints import (
     clear_interrupted_removals,
     decide_on_main_process,
     load_newest,
+    read_rank_state,
     save_checkpoint,
     write_failure,
 )
@@ -52,11 +53,15 @@ from training.data import (
     EpochShuffleSampler,
     SeededAugmentation,
     SegmentationDataset,
+    StreamAugmentation,
+    StreamBatchSampler,
+    TrainStream,
     UnlabelledBatchCheck,
     build_dataset,
+    check_split_labels,
     collate_train,
+    load_train_stream,
     single_split_source,
-    verify_labels,
 )
 from training.data_wait import STARVED_FRACTION, DataWaitMeter, starvation_advice
 from training.evaluation import evaluate_segmentation, model_variant, summarize, warn_absent_classes, write_results
@@ -81,6 +86,7 @@ from training.run_folder import (
 from training.synthetic import generate as generate_synthetic
 from training.transforms import TrainTransform, single_threaded_opencv
 
+LABEL_CHECK_FILE = "label_check.json"  # in the output folder: the evaluation label checks that passed
 logger = get_logger(__name__)  # accelerate's: main_process_only=...; needs an Accelerator
 
 
@@ -125,10 +131,11 @@ def warmup_poly_schedule(args: TrainArguments) -> Callable[[int], float]:
 
 # ------------------------------------------------------------------------------------------------ data and model
 def load_data(
-    accelerator: Accelerator, preset: DatasetPreset, data_args: DataArguments
-) -> tuple[DatasetPreset, SegmentationDataset, SegmentationDataset, str | None]:
+    accelerator: Accelerator, preset: DatasetPreset, data_args: DataArguments, output_dir: Path, seed: int
+) -> tuple[DatasetPreset, SegmentationDataset | TrainStream, SegmentationDataset, str | None]:
     """The training and evaluation splits, every evaluation label checked; returns the preset (the generic one with
-    the scales of its data), both datasets, and where the evaluation data came from."""
+    the scales of its data), the training data (with `--streaming` this process's share of the stream, shuffled by
+    `seed`), the evaluation data, and where the evaluation data came from."""
     source = data_args.dataset_path
     if data_args.dataset == "synthetic" and (source is None or not Path(source).exists()):
         # Generated on first use (and again if the requested sizes change); an existing folder given is used as is.
@@ -144,11 +151,18 @@ def load_data(
             "--eval_dataset_path (a file, saved split, folder or Hub id), or give a folder with both splits."
         )
     dataset_kwargs = {"revision": data_args.dataset_revision, "data_dir": data_args.dataset_data_dir}
-    train_dataset = build_dataset(
-        preset, source=source, split=data_args.train_split, train=True, max_samples=data_args.max_train_samples,
-        **dataset_kwargs,
-    )  # fmt: skip
-    if preset.name == "generic":
+    if data_args.streaming:
+        train_dataset = load_train_stream(
+            preset, source, data_args.train_split or preset.train_split, seed=seed,
+            shuffle_buffer_size=data_args.shuffle_buffer_size, rank=accelerator.process_index,
+            world_size=accelerator.num_processes, **dataset_kwargs,
+        )  # fmt: skip
+    else:
+        train_dataset = build_dataset(
+            preset, source=source, split=data_args.train_split, train=True, max_samples=data_args.max_train_samples,
+            **dataset_kwargs,
+        )  # fmt: skip
+    if preset.name == "generic" and not data_args.streaming:  # streaming: the recipe gives the scales (recipe.py)
         preset = scales_from_data(preset, train_dataset, data_args)
         train_dataset.preset = preset
         train_dataset.transform = TrainTransform(preset.train_scale, preset.crop_size)
@@ -158,10 +172,19 @@ def load_data(
         **dataset_kwargs,
     )  # fmt: skip
     # A bad label in the evaluation split would otherwise surface only after training, at the first evaluation.
+    # Each process scans its share; a passed check is remembered in the output folder, so a resume skips it.
     started = time.perf_counter()
-    verify_labels(eval_dataset, len(eval_dataset))
+    scanned = check_split_labels(
+        eval_dataset,
+        output_dir / LABEL_CHECK_FILE,
+        accelerator.process_index,
+        accelerator.num_processes,
+        gather_object,
+    )
     logger.info(
-        f"Evaluation labels checked: {len(eval_dataset)} rows in {time.perf_counter() - started:.1f} s",
+        f"Evaluation labels checked: {len(eval_dataset)} rows in {time.perf_counter() - started:.1f} s"
+        if scanned
+        else f"Evaluation labels: {len(eval_dataset)} rows passed the check before ({output_dir / LABEL_CHECK_FILE})",
         main_process_only=True,
     )
     return preset, train_dataset, eval_dataset, eval_source
@@ -269,23 +292,27 @@ def train(
             )
 
     # ---- data: the order of the training samples depends only on (seed, epoch), so a resume continues it exactly
-    preset, train_dataset, eval_dataset, eval_source = load_data(accelerator, preset, data_args)
-    train_data = SeededAugmentation(train_dataset, args.seed)
-    sampler = EpochShuffleSampler(
-        len(train_data),
-        args.per_device_train_batch_size,
-        args.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+    preset, train_dataset, eval_dataset, eval_source = load_data(accelerator, preset, data_args, output_dir, args.seed)
+    if data_args.streaming:  # read in this process, in batches; the workers decode and augment
+        train_data = StreamAugmentation(train_dataset, args.seed, accelerator.process_index)
+        sampler = StreamBatchSampler(train_dataset, args.per_device_train_batch_size)
+        batching = {"batch_sampler": sampler}
+    else:
+        train_data = SeededAugmentation(train_dataset, args.seed)
+        sampler = EpochShuffleSampler(
+            len(train_data),
+            args.per_device_train_batch_size,
+            args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        batching = {"batch_size": args.per_device_train_batch_size, "sampler": sampler, "drop_last": True}
     train_loader = torch.utils.data.DataLoader(
         train_data,
-        batch_size=args.per_device_train_batch_size,
-        sampler=sampler,
+        **batching,
         collate_fn=collate_train,
         num_workers=data_args.dataloader_num_workers,
         pin_memory=accelerator.device.type == "cuda",
-        drop_last=True,
         # Workers start once, not at every epoch (the epoch travels with the sampler's keys). Each keeps 2 batches
         # ready (PyTorch's default, on purpose: 16 crops of 512² are 50 MB, and N workers hold 2N batches).
         persistent_workers=data_args.dataloader_num_workers > 0,
@@ -314,6 +341,15 @@ def train(
         checkpoint, state = loaded
         step, epoch, batch_in_epoch = (state[key] for key in TRAINER_STATE_KEYS)
         run_id = state.get("run_id") or run_id
+        # A stream's position is each process's own: its share of the rows, hence its epochs, differ in length.
+        rank_state = read_rank_state(checkpoint, accelerator.process_index)
+        if data_args.streaming != (rank_state is not None):
+            raise ValueError(
+                f"{checkpoint} was written by a run {'without' if data_args.streaming else 'with'} --streaming; "
+                f"resume it {'without' if data_args.streaming else 'with'} --streaming (the data position differs)"
+            )
+        if rank_state is not None:
+            epoch, batch_in_epoch = rank_state["epoch"], rank_state["batch_in_epoch"]
         logger.info(f"Resumed from {checkpoint} at step {step}", main_process_only=True)
         if scheduler.scheduler.last_epoch != step:
             # Checkpoints written before the schedule was stepped once per optimizer step stepped it once per process.
@@ -332,7 +368,8 @@ def train(
         record_run(output_dir, run, recipe, step)
     accelerator.init_trackers("segret", config={k: v for k, v in asdict(args).items() if v is not None})
     logger.info(
-        f"SegRet-{model_args.variant} on {preset.name}: {len(train_dataset)} training images, {len(eval_dataset)} for "
+        f"SegRet-{model_args.variant} on {preset.name}: "
+        f"{'streamed' if data_args.streaming else len(train_dataset)} training images, {len(eval_dataset)} for "
         f"evaluation; {args.max_steps} steps of {global_batch} images; output in {output_dir}",
         main_process_only=True,
     )
@@ -404,8 +441,9 @@ def train(
                 window_start, window_images = time.perf_counter(), 0
             if step % args.save_steps == 0 or step == stop_at or signal_number:
                 saved = save_checkpoint(
-                    accelerator, output_dir, step, epoch, batch_in_epoch, args.save_total_limit, run
-                )
+                    accelerator, output_dir, step, epoch, batch_in_epoch, args.save_total_limit, run,
+                    rank_state={"epoch": epoch, "batch_in_epoch": batch_in_epoch} if data_args.streaming else None,
+                )  # fmt: skip
                 logger.info(f"Checkpoint saved to {saved}", main_process_only=True)
             if signal_number:
                 progress.close()
