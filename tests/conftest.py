@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
 
 import modeling_segret  # noqa: F401  (registers SegRet with the Auto classes)
 from modeling_segret import SegRetConfig
@@ -83,3 +84,13 @@ def run_in_fresh_process(script: str, *arguments: str, cwd: Path) -> dict:
     result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Each in-process training or evaluation run builds its own Accelerator: Accelerate's singletons are reset
+    after the test."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()

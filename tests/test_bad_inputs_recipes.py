@@ -19,7 +19,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from safetensors.torch import save_file
 from test_bad_inputs import _generic_dataset, _generic_run, _png
 
@@ -31,13 +30,9 @@ from training.recipe import parse_arguments
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, fresh_accelerator_state):
     """Arrow caches inside the test's folder; each in-process run builds its own Accelerator."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 # ---------------------------------------------------------------------------------------------------- builders

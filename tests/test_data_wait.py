@@ -4,7 +4,6 @@ import json
 import time
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from training import train
 from training.data import SeededAugmentation
@@ -46,12 +45,7 @@ def scenes(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("data") / "synthetic", num_train=8, num_validation=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")  # each in-process run builds its own Accelerator
 
 
 def _run(scenes, output_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.state import AcceleratorState
 from transformers import AutoModelForSemanticSegmentation
 
 from modeling_segret import SEGRET_VARIANTS, SegRetForSemanticSegmentation
@@ -30,13 +30,7 @@ def scenes(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "synthetic", num_train=24, num_validation=6)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Each in-process run builds its own Accelerator."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")  # each in-process run builds its own Accelerator
 
 
 def tiny_run(scenes: Path, output_dir: Path, *extra: str) -> list[str]:

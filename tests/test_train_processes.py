@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 from conftest import small_config
 from test_train import REPOSITORY, tiny_run
@@ -62,12 +62,7 @@ def small_model(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")  # each in-process run builds its own Accelerator
 
 
 def frozen_batchnorm_train(self, mode: bool = True):
