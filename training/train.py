@@ -307,6 +307,8 @@ def train(
             accelerator.num_processes,
         )
         batching = {"batch_size": args.per_device_train_batch_size, "sampler": sampler, "drop_last": True}
+    if data_args.dataloader_num_workers > 0:
+        single_threaded_opencv()  # before the workers are forked (see its docstring)
     train_loader = torch.utils.data.DataLoader(
         train_data,
         **batching,

@@ -41,13 +41,17 @@ def sample_rng() -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 
-def single_threaded_opencv(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, as PyTorch gives each worker one torch thread.
+def single_threaded_opencv(worker_id: int | None = None) -> None:
+    """One OpenCV thread. Called in the training process before its DataLoader workers start (forked workers
+    inherit it) and as the workers' ``worker_init_fn`` (for workers started by spawn).
 
     OpenCV would otherwise start a thread per core in every worker: N workers then compete with N × cores threads
-    (and with the training process) for the cores. MMEngine turns OpenCV's threads off for the same reason.
+    (and with the training process) for the cores; MMEngine turns OpenCV's threads off for the same reason. The
+    parent goes first because OpenCV's thread pool is not fork-safe: a forked worker that reconfigures a pool its
+    parent had running can deadlock, so a worker that inherited one thread leaves the pool alone.
     """
-    cv2.setNumThreads(1)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 def _size_pair(value: int | Sequence[int]) -> tuple[int, int]:
