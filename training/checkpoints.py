@@ -26,13 +26,11 @@ import resource
 import shutil
 import uuid
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 
 from training.run_folder import read_json, read_run_id
 
@@ -45,22 +43,6 @@ TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch")
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint or the final model could not be written (full disk, file-size limit ...); nothing was lost."""
-
-
-def decide_on_main_process(accelerator: Accelerator, decide: Callable[..., Any], *args: Any) -> Any:
-    """`decide(*args)` run by the main process only, its result (or its exception) shared with every process: with
-    an output folder seen differently by each machine, all of them still act on one decision."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = decide(*args)
-        except Exception as err:
-            error = err
-    if accelerator.num_processes > 1:
-        result, error = broadcast_object_list([result, error])
-    if error is not None:
-        raise error
-    return result
 
 
 # ------------------------------------------------------------------------------------------------ checks

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
@@ -57,7 +56,7 @@ from training.data import (
 )
 from training.metrics import SegmentationMetric, format_table
 from training.presets import IGNORE_INDEX, DataError, DatasetPreset, preset_for_variant
-from training.run_folder import process_alive, read_json
+from training.run_folder import decide_on_main_process, process_alive, read_json
 from training.transforms import MEAN, STD, EvalTransform, denormalize
 
 MODES = ("ss", "slide", "ms")
@@ -437,20 +436,11 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     # Mistakes that would otherwise surface after the whole evaluation, or as transformers' "Unrecognized model".
     if (problem := training_folder_problem(args.model)) is not None:
         raise UsageError(problem)
-    claim, claim_error = None, None
-    if accelerator.is_main_process:
-        try:
-            claim = claim_output_dir(args.output_dir, args.overwrite_output_dir)
-        except UsageError as err:
-            claim_error = str(err)
-    if accelerator.num_processes > 1:
-        claim_error = broadcast_object_list([claim_error])[0]
-    if claim_error:
-        raise UsageError(claim_error)
+    claim = decide_on_main_process(accelerator, claim_output_dir, args.output_dir, args.overwrite_output_dir)
     try:
         return _evaluate_into(args, accelerator)
     except BaseException:
-        if claim is not None:  # the claim holds no results: give the folder back
+        if claim is not None and accelerator.is_main_process:  # the claim holds no results: give the folder back
             claim.unlink(missing_ok=True)
         raise
 

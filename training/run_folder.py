@@ -24,9 +24,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -50,6 +51,22 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def decide_on_main_process(accelerator: Accelerator, decide: Callable[..., Any], *args: Any) -> Any:
+    """`decide(*args)` run by the main process only, its result (or its exception) shared with every process: with
+    an output folder seen differently by each machine, all of them still act on one decision."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = decide(*args)
+        except Exception as err:
+            error = err
+    if accelerator.num_processes > 1:
+        result, error = broadcast_object_list([result, error])
+    if error is not None:
+        raise error
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ ownership
@@ -241,16 +258,8 @@ def claim_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator[Sto
     """The run's hold on `output_dir`: the lock (taken by the main process, its verdict shared with the others),
     the check that every process sees the folder, logging to `train.log`, the stop request of SIGTERM/SIGINT, and
     on failure the traceback appended there. All is given back on the way out, however the run ends."""
-    lock, lock_error, lock_note = OutputDirLock(output_dir), None, None
-    if accelerator.is_main_process:
-        try:
-            lock_note = lock.acquire()
-        except RuntimeError as err:
-            lock_error = str(err)
-    if accelerator.num_processes > 1:
-        lock_error = broadcast_object_list([lock_error])[0]
-    if lock_error:
-        raise RuntimeError(lock_error)
+    lock = OutputDirLock(output_dir)
+    lock_note = decide_on_main_process(accelerator, lock.acquire)
     stop = StopRequest()
     try:
         check_shared_folder(output_dir, accelerator)

@@ -43,7 +43,6 @@ from training.checkpoints import (
     CheckpointWriteError,
     checkpoints_to_resume,
     clear_interrupted_removals,
-    decide_on_main_process,
     load_newest,
     read_rank_state,
     save_checkpoint,
@@ -81,6 +80,7 @@ from training.run_folder import (
     TrainingInterrupted,
     append_loss_record,
     claim_output_dir,
+    decide_on_main_process,
     record_run,
 )
 from training.synthetic import generate as generate_synthetic
