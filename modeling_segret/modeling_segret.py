@@ -116,6 +116,14 @@ def is_traced() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
+def outer_product(column: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """`column[:, None] * row[None, :]`, (M,) x (K,) -> (M, K), written as a matrix product: exact (one product per
+    element), and a graph compiler stores a matrix product's result once, whereas it recomputes an element-wise
+    product of position tables inside every kernel that reads it (inductor did so once per retention block, with
+    scalar pow, log and cos)."""
+    return column[:, None] @ row[None, :]
+
+
 def apply_rotary_position(
     hidden_states: torch.Tensor, rotation: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
@@ -125,10 +133,19 @@ def apply_rotary_position(
     last dimension and the rotation is the complex product (x_2i + i x_2i+1) * exp(i angle): one kernel instead of
     five (two in the backward pass instead of seven). Graph compilers and exporters (inductor, ONNX) have no complex
     operators, so there `rotation` is the pair `(cos, cos)`, `(-sin, sin)` per channel pair and the product is
-    `pairs * cos + swapped_pairs * signed_sin`: four element-wise passes that the compilers fuse. Both forms are in
-    float32 (float64 for float64 models); half-precision inputs are rotated in float32 and rounded back. They differ
-    by float rounding only.
+    `pairs * cos + swapped_pairs * signed_sin`: four element-wise passes that the compilers fuse. In an ONNX export
+    the pair swap is a product with a constant 0/1 matrix (exact: one non-zero term per element) instead of a
+    reversed slice: onnxruntime runs a step -1 `Slice` of an innermost dimension of size 2 element by element, 5-7×
+    slower than the `MatMul` (BENCHMARKS.md). Both forms are in float32 (float64 for float64 models); half-precision
+    inputs are rotated in float32 and rounded back. They differ by float rounding only.
     """
+    if isinstance(rotation, tuple) and torch.onnx.is_in_onnx_export():
+        cos, signed_sin = (table.flatten(-2) for table in rotation)
+        states = hidden_states.to(cos.dtype)
+        head_dim = states.shape[-1]
+        channel = torch.arange(head_dim, device=states.device)
+        pair_swap = (channel[:, None] == channel[None, :] + 1 - 2 * (channel[None, :] % 2)).to(cos.dtype)
+        return (states * cos + (states @ pair_swap) * signed_sin).to(hidden_states.dtype)
     if isinstance(rotation, tuple):
         cos, signed_sin = rotation
         pairs = hidden_states.to(cos.dtype).unflatten(-1, (-1, 2))
@@ -216,26 +233,34 @@ class SegRetRelativePosition(nn.Module):
         angle, decay = (table.to(table_dtype) for table in self.base_tables(device))
 
         raster_index = torch.arange(height * width, dtype=table_dtype, device=device)
-        phase = raster_index[:, None] * angle[None, 0::2]  # both channels of a pair share an angle
-        pair_shape = (height, width, 1, self.head_dim // 2, 1)
-        cos, sin = phase.cos().reshape(pair_shape), phase.sin().reshape(pair_shape)
+        phase = outer_product(raster_index, angle[0::2])  # (H*W, head_dim / 2): both channels of a pair share an angle
+        pair_shape = (height, width, 1, self.head_dim // 2, 2)
         if real_rotation:
-            rotation = (torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1))
+            # (cos, cos) and (-sin, sin) per channel pair, spread from (cos | sin) by one matrix product (exact: one
+            # non-zero term per element), so that a graph compiler stores the tables once instead of evaluating
+            # cos and sin again inside every kernel that reads them (once per block in inductor).
+            spread = self._pair_spread_matrix(table_dtype, device)  # (head_dim, 2 * head_dim)
+            tables = torch.cat((phase.cos(), phase.sin()), dim=1) @ spread
+            rotation = (tables[:, : self.head_dim].reshape(pair_shape), tables[:, self.head_dim :].reshape(pair_shape))
         else:
-            rotation = torch.cat((cos, sin), dim=-1)
-        decay = decay[:, None, None]
+            rotation = torch.stack((phase.cos(), phase.sin()), dim=-1).reshape(pair_shape)
 
         if self.mode == "decomposed":
             decay_masks = tuple(
-                (self._distance_1d(length, table_dtype, device) * decay).to(dtype)[None] for length in (height, width)
+                outer_product(decay, self._distance_1d(length, table_dtype, device).flatten())
+                .to(dtype)
+                .view(1, self.num_heads, length, length)
+                for length in (height, width)
             )  # (1, N, H, H) and (1, N, W, W)
         elif dense_global_mask:
             # Manhattan distance between raster positions p = (r, c) and q = (r', c'): |r - r'| + |c - c'|.
             row_distance = self._distance_1d(height, table_dtype, device)[:, None, :, None]
             column_distance = self._distance_1d(width, table_dtype, device)[None, :, None, :]
-            distance = (row_distance + column_distance).reshape(height * width, height * width)
-            decay_masks = ((distance * decay).to(dtype)[None],)  # (1, N, H*W, H*W)
+            distance = (row_distance + column_distance).flatten()
+            tokens = height * width
+            decay_masks = (outer_product(decay, distance).to(dtype).view(1, self.num_heads, tokens, tokens),)
         else:
+            decay = decay[:, None, None]
             # Between query (r, c) and key (r', c') the mask only depends on |r - r'| and (c, c'): table[.., c, j, c']
             # holds it for |r - r'| = |j - (H - 1)|. Query row r = H - 1 - s needs j = s + r' (r' = 0 ... H-1): the
             # window of H rows of j starting at s. One strided view holds all H windows, and in it the keys (r', c')
@@ -254,6 +279,17 @@ class SegRetRelativePosition(nn.Module):
                 ),
             )  # (H, B*N, W, H*W)
         return SegRetPositionTables(rotation, decay_masks, dense_global_mask)
+
+    def _pair_spread_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(head_dim, 2 * head_dim) 0/±1 matrix taking (cos_0 .. cos_k-1 | sin_0 .. sin_k-1), k = head_dim / 2, to
+        (cos_0, cos_0, cos_1, cos_1, ... | -sin_0, sin_0, -sin_1, sin_1, ...)."""
+        pairs = self.head_dim // 2
+        rows = torch.arange(self.head_dim, device=device)[:, None]  # cos_i is row i, sin_i row pairs + i
+        columns = torch.arange(2 * self.head_dim, device=device)[None, :]
+        same_half = rows // pairs == columns // self.head_dim
+        same_pair = rows % pairs == (columns % self.head_dim) // 2
+        negative = (columns >= self.head_dim) & (columns % 2 == 0)  # -sin on the first channel of a pair
+        return (same_half & same_pair).to(dtype) * (1 - 2 * negative.to(dtype))
 
     @staticmethod
     def _distance_1d(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

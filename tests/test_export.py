@@ -72,6 +72,37 @@ def test_real_rotation_equals_the_complex_product():
         torch.testing.assert_close(complex_product, expected, rtol=0, atol=10 * tolerance)
 
 
+def test_traced_tables_are_exact_products(monkeypatch):
+    """The traced graphs' tables are formed by matrix products (so that inductor stores them once instead of
+    recomputing them in every block's kernels) and the ONNX rotation swaps pairs by a 0/1 matrix product (a reversed
+    `Slice` is slow in onnxruntime): all of them equal the element-wise formulas bit for bit."""
+    for stage in SegRetForSemanticSegmentation(tiny_config()).segret.encoder.stages[:3]:
+        position = stage.relative_position
+        for dtype in (torch.float32, torch.float64):
+            angle, decay = (table.to(dtype) for table in position.base_tables())
+            tables = position(1, 6, 9, dtype, torch.device("cpu"), dense_global_mask=True, real_rotation=True)
+            phase = torch.arange(6 * 9, dtype=dtype)[:, None] * angle[None, 0::2]
+            pair_shape = (6, 9, 1, position.head_dim // 2, 2)
+            cos, sin = phase.cos()[..., None], phase.sin()[..., None]
+            assert torch.equal(tables.rotation[0], torch.cat((cos, cos), -1).reshape(pair_shape))
+            assert torch.equal(tables.rotation[1], torch.cat((-sin, sin), -1).reshape(pair_shape))
+            for mask, length in zip(tables.decay_masks, (6, 9) if position.mode == "decomposed" else (None,)):
+                if length is None:
+                    rows = (torch.arange(6)[:, None] - torch.arange(6)).abs()[:, None, :, None]
+                    columns = (torch.arange(9)[:, None] - torch.arange(9)).abs()[None, :, None, :]
+                    distance = (rows + columns).reshape(54, 54).to(dtype)
+                else:
+                    distance = (torch.arange(length)[:, None] - torch.arange(length)).abs().to(dtype)
+                assert torch.equal(mask, (distance * decay[:, None, None])[None])
+
+            states = torch.randn(2, 6, 9, position.num_heads, position.head_dim, dtype=dtype)
+            elementwise = apply_rotary_position(states, tables.rotation)
+            monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+            as_exported = apply_rotary_position(states, tables.rotation)
+            monkeypatch.undo()
+            assert torch.equal(as_exported, elementwise)
+
+
 def test_dense_global_mask_equals_the_strided_one():
     """The traced graphs' dense (1, N, H*W, H*W) global mask holds the values of eager's strided row windows."""
     position = SegRetForSemanticSegmentation(tiny_config()).segret.encoder.stages[2].relative_position
@@ -251,6 +282,17 @@ def test_onnx_graph_folds_constants_and_runs_retention_as_attention(onnx_file):
     )
     assert operators["Attention"] == retention_calls
     assert not {"Softmax", "ScatterElements", "ScatterND", "Scatter"} & set(operators)
+    # no reversed Slice (the rotation's pair swap is a MatMul): onnxruntime runs it element by element
+    constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    constants |= {
+        node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
+        for node in graph.node
+        if node.op_type == "Constant" and node.attribute[0].name == "value"
+    }
+    slice_steps = [
+        constants.get(node.input[4]) for node in graph.node if node.op_type == "Slice" and len(node.input) > 4
+    ]
+    assert all(steps is not None and (steps > 0).all() for steps in slice_steps)
     initializers = {tensor.name for tensor in graph.initializer}
     conv_weights = [node.input[1] for node in graph.node if node.op_type == "Conv"]
     assert conv_weights and all(name in initializers for name in conv_weights)
