@@ -169,16 +169,26 @@ def calibration_inputs(model_id: str, images: Path | None, num_channels: int) ->
 def quantize_onnx(source: Path, output: Path, mode: str, calibration: Sequence[torch.Tensor]) -> None:
     """onnxruntime's int8 quantisation with its default settings: dynamic (weights int8, activations quantised at run
     time) or static (QDQ, activation ranges calibrated on `calibration`)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 
+    graph = onnx.load(str(source)).graph
+    # The rotation's pair swaps are MatMuls with a constant 0/1 permutation matrix: no learned weight, and exact in
+    # float32, so they stay float (quantising them would only add rounding and per-call quantisation work).
+    permutations = {
+        tensor.name
+        for tensor in graph.initializer
+        if len(tensor.dims) == 2
+        and tensor.dims[0] == tensor.dims[1]
+        and is_permutation(onnx.numpy_helper.to_array(tensor))
+    }
+    pair_swaps = [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in permutations]
     if mode == "dynamic":
         # onnxruntime's dynamic quantiser (up to 1.32 at least) takes ONNX's own `Attention` (opset 23) for its
         # contrib `Attention` of the same name and writes a `QAttention` node that does not load; those nodes stay
         # float (they have no weights to quantise anyway). Every other setting is the default.
-        import onnx
-
-        attention_nodes = [node.name for node in onnx.load(str(source)).graph.node if node.op_type == "Attention"]
-        quantize_dynamic(str(source), str(output), nodes_to_exclude=attention_nodes)
+        attention_nodes = [node.name for node in graph.node if node.op_type == "Attention"]
+        quantize_dynamic(str(source), str(output), nodes_to_exclude=attention_nodes + pair_swaps)
         return
 
     class Calibration(CalibrationDataReader):
@@ -188,7 +198,13 @@ def quantize_onnx(source: Path, output: Path, mode: str, calibration: Sequence[t
         def get_next(self) -> dict | None:
             return next(self.inputs, None)
 
-    quantize_static(str(source), str(output), Calibration())
+    quantize_static(str(source), str(output), Calibration(), nodes_to_exclude=pair_swaps)
+
+
+def is_permutation(matrix) -> bool:
+    """Whether a square array is a permutation matrix (0/1, one 1 per row and per column)."""
+    binary = ((matrix == 0) | (matrix == 1)).all()
+    return bool(binary and (matrix.sum(axis=0) == 1).all() and (matrix.sum(axis=1) == 1).all())
 
 
 def convert_onnx_to_float16(source: Path, output: Path) -> None:

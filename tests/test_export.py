@@ -317,6 +317,27 @@ def test_command_writes_quantised_float16_and_openvino_artefacts(
     output = tmp_path / f"segret.{suffix}"
     assert export_command.main(command(saved_model, export_format, output, *options)) == 0
     assert "OK:" in capsys.readouterr().out
+    if "--quantize" in options:  # the rotation's pair swaps (permutation matrices) stay float MatMuls
+        import onnx
+
+        graph = onnx.load(output).graph
+        constants = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer}
+        swaps = [
+            node
+            for node in graph.node
+            if node.op_type == "MatMul"
+            and node.input[1] in constants
+            and constants[node.input[1]].ndim == 2
+            and export_command.is_permutation(constants[node.input[1]])
+        ]
+        assert len(swaps) == 2 * sum(tiny_config().depths)  # queries and keys of every block
+
+
+def test_is_permutation():
+    assert export_command.is_permutation(torch.eye(4)[[1, 0, 3, 2]].numpy())
+    assert not export_command.is_permutation(torch.eye(4).numpy() * 2)
+    assert not export_command.is_permutation(torch.ones(3, 3).numpy())
+    assert not export_command.is_permutation(torch.tensor([[1.0, 0.0], [1.0, 0.0]]).numpy())
 
 
 def test_command_rejects_options_that_do_not_apply(saved_model, tmp_path, capsys):
