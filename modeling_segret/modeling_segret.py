@@ -117,10 +117,12 @@ def is_traced() -> bool:
 
 
 def outer_product(column: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    """`column[:, None] * row[None, :]`, (M,) x (K,) -> (M, K), written as a matrix product: exact (one product per
-    element), and a graph compiler stores a matrix product's result once, whereas it recomputes an element-wise
-    product of position tables inside every kernel that reads it (inductor did so once per retention block, with
-    scalar pow, log and cos)."""
+    """`column[:, None] * row[None, :]`, (M,) x (K,) -> (M, K), written as a matrix product for the decay masks.
+
+    A graph compiler stores a matrix product's result once, whereas it recomputes an element-wise product of position
+    tables inside every kernel that reads it (inductor did so once per retention block, with scalar pow and log).
+    With one term per element the product is exact; under autocast (or TF32) its inputs are rounded to the reduced
+    precision that the attention then computes the whole mask in anyway."""
     return column[:, None] @ row[None, :]
 
 
@@ -233,14 +235,15 @@ class SegRetRelativePosition(nn.Module):
         angle, decay = (table.to(table_dtype) for table in self.base_tables(device))
 
         raster_index = torch.arange(height * width, dtype=table_dtype, device=device)
-        phase = outer_product(raster_index, angle[0::2])  # (H*W, head_dim / 2): both channels of a pair share an angle
+        phase = raster_index[:, None] * angle[None, 0::2]  # (H*W, head_dim / 2): both channels of a pair share an angle
         pair_shape = (height, width, 1, self.head_dim // 2, 2)
         if real_rotation:
             # (cos, cos) and (-sin, sin) per channel pair, spread from (cos | sin) by one matrix product (exact: one
-            # non-zero term per element), so that a graph compiler stores the tables once instead of evaluating
-            # cos and sin again inside every kernel that reads them (once per block in inductor).
-            spread = self._pair_spread_matrix(table_dtype, device)  # (head_dim, 2 * head_dim)
-            tables = torch.cat((phase.cos(), phase.sin()), dim=1) @ spread
+            # non-zero term per element), so that a graph compiler stores the tables once instead of evaluating cos
+            # and sin again inside every kernel that reads them. In float64, which neither autocast nor TF32 touch:
+            # the angles of distant tokens need every bit.
+            spread = self._pair_spread_matrix(torch.float64, device)  # (head_dim, 2 * head_dim)
+            tables = (torch.cat((phase.cos(), phase.sin()), dim=1).double() @ spread).to(table_dtype)
             rotation = (tables[:, : self.head_dim].reshape(pair_shape), tables[:, self.head_dim :].reshape(pair_shape))
         else:
             rotation = torch.stack((phase.cos(), phase.sin()), dim=-1).reshape(pair_shape)

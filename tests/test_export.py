@@ -95,6 +95,12 @@ def test_traced_tables_are_exact_products(monkeypatch):
                     distance = (torch.arange(length)[:, None] - torch.arange(length)).abs().to(dtype)
                 assert torch.equal(mask, (distance * decay[:, None, None])[None])
 
+            # autocast leaves the rotation tables alone (bfloat16 cannot even hold the raster index of large images)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                under_autocast = position(1, 64, 96, dtype, torch.device("cpu"), real_rotation=True).rotation
+            plain = position(1, 64, 96, dtype, torch.device("cpu"), real_rotation=True).rotation
+            assert all(torch.equal(a, b) for a, b in zip(under_autocast, plain))
+
             states = torch.randn(2, 6, 9, position.num_heads, position.head_dim, dtype=dtype)
             elementwise = apply_rotary_position(states, tables.rotation)
             monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
