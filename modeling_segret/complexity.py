@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, mm_flop, sdpa_flop_count
 
 from .configuration_segret import SEGRET_VARIANTS, SegRetConfig, segret_variant_config
 from .modeling_segret import SegRetDecodeHead, SegRetForSemanticSegmentation
@@ -64,7 +64,16 @@ def _cpu_flash_attention_flop(query_shape, key_shape, value_shape, *args, out_sh
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-_CUSTOM_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop}
+def _matrix_product_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    # An inner dimension of 1 is an outer product: how SegRet forms its decay masks (`outer_product`), position tables
+    # that depend on the input's size only, not the model's computation.
+    return 0 if a_shape[-1] == 1 else mm_flop(a_shape, b_shape)
+
+
+_CUSTOM_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
+    torch.ops.aten.mm: _matrix_product_flop,
+}
 
 
 @dataclass(frozen=True)
