@@ -121,8 +121,8 @@ def outer_product(column: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
 
     A graph compiler stores a matrix product's result once, whereas it recomputes an element-wise product of position
     tables inside every kernel that reads it (inductor did so once per retention block, with scalar pow and log).
-    With one term per element the product is exact; under autocast (or TF32) its inputs are rounded to the reduced
-    precision that the attention then computes the whole mask in anyway."""
+    With one term per element the product is exact, except that autocast and TF32 round a float32 product's inputs;
+    float64 inputs are touched by neither."""
     return column[:, None] @ row[None, :]
 
 
@@ -249,8 +249,9 @@ class SegRetRelativePosition(nn.Module):
             rotation = torch.stack((phase.cos(), phase.sin()), dim=-1).reshape(pair_shape)
 
         if self.mode == "decomposed":
+            # Small tables (N * L^2 values): formed in float64, exact under autocast and TF32 as well.
             decay_masks = tuple(
-                outer_product(decay, self._distance_1d(length, table_dtype, device).flatten())
+                outer_product(decay.double(), self._distance_1d(length, torch.float64, device).flatten())
                 .to(dtype)
                 .view(1, self.num_heads, length, length)
                 for length in (height, width)
@@ -261,6 +262,9 @@ class SegRetRelativePosition(nn.Module):
             column_distance = self._distance_1d(width, table_dtype, device)[None, :, None, :]
             distance = (row_distance + column_distance).flatten()
             tokens = height * width
+            # Quadratic in the tokens, so formed in the tables' precision: a float64 product would double its memory,
+            # and its per-block cast costs a compiled call more than it saves. Under autocast or TF32 its inputs are
+            # rounded to the precision the attention then reads the mask in anyway.
             decay_masks = (outer_product(decay, distance).to(dtype).view(1, self.num_heads, tokens, tokens),)
         else:
             decay = decay[:, None, None]

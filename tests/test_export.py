@@ -100,6 +100,11 @@ def test_traced_tables_are_exact_products(monkeypatch):
                 under_autocast = position(1, 64, 96, dtype, torch.device("cpu"), real_rotation=True).rotation
             plain = position(1, 64, 96, dtype, torch.device("cpu"), real_rotation=True).rotation
             assert all(torch.equal(a, b) for a, b in zip(under_autocast, plain))
+            if position.mode == "decomposed":  # and so are the decomposed masks
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    masks_under_autocast = position(1, 64, 96, dtype, torch.device("cpu")).decay_masks
+                masks = position(1, 64, 96, dtype, torch.device("cpu")).decay_masks
+                assert all(torch.equal(a, b) for a, b in zip(masks_under_autocast, masks))
 
             states = torch.randn(2, 6, 9, position.num_heads, position.head_dim, dtype=dtype)
             elementwise = apply_rotary_position(states, tables.rotation)
