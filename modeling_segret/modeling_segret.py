@@ -509,7 +509,7 @@ class SegRetStage(nn.Module):
             width,
             hidden_states.dtype,
             hidden_states.device,
-            dense_global_mask=explicit_attention or traced,
+            dense_global_mask=explicit_attention or traced or self.dense_mask_is_cheaper(batch_size, width),
             real_rotation=traced,
         )
         attentions = ()
@@ -518,6 +518,18 @@ class SegRetStage(nn.Module):
             if output_attentions:
                 attentions += (attention_weights,)
         return hidden_states, attentions
+
+    def dense_mask_is_cheaper(self, batch_size: int, width: int) -> bool:
+        """Whether global retention should take the dense (1, N, H*W, H*W) mask in an eager call.
+
+        Without gradients the strided mask of linear size is as fast (measured at 512²) and far smaller. With
+        gradients, the strided form's backward materialises the gradients of the keys and values it expands over the
+        H query rows, 2 * H * B * N * (H*W) * d values per block, and reduces them again (SegRet-Tiny's training step
+        at 512²: a quarter of its time). The dense mask holds N * (H*W)^2 values, shared by the stage's blocks and
+        images: no larger whenever W <= 2 * B * d, so it is taken then.
+        """
+        position = self.relative_position
+        return position.mode == "global" and torch.is_grad_enabled() and width <= 2 * batch_size * position.head_dim
 
 
 class SegRetEncoder(nn.Module):

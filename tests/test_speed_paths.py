@@ -17,6 +17,7 @@ from test_parity import REFERENCE, reference_config
 from benchmarks.official_rmt import OfficialRMTBackbone, OfficialSegRet
 from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation
 from modeling_segret.convert_rmt_checkpoint import convert_rmt_state_dict
+from modeling_segret.modeling_segret import SegRetRelativePosition, SegRetStage
 
 
 def trained_like(model: SegRetForSemanticSegmentation) -> SegRetForSemanticSegmentation:
@@ -219,6 +220,41 @@ def test_global_retention_equals_official_formulation_at_any_batch_and_odd_sizes
 # ------------------------------------------------------------------------------------------------- position tables
 
 
+def test_global_stages_take_the_dense_mask_only_with_gradients_and_where_it_is_smaller():
+    """The dense mask (N * (HW)^2 values) replaces the strided one in eager calls with gradients when it is no larger
+    than the key and value gradients the strided form's backward materialises (2 * H * B * N * HW * d values)."""
+    model = SegRetForSemanticSegmentation(small_config())
+    decomposed, global_stage = model.segret.encoder.stages[1], model.segret.encoder.stages[2]
+    head_dim = global_stage.relative_position.head_dim
+    with torch.enable_grad():
+        assert global_stage.dense_mask_is_cheaper(batch_size=1, width=2 * head_dim)
+        assert not global_stage.dense_mask_is_cheaper(batch_size=1, width=2 * head_dim + 1)
+        assert global_stage.dense_mask_is_cheaper(batch_size=2, width=2 * head_dim + 1)
+        assert not decomposed.dense_mask_is_cheaper(batch_size=2, width=4)
+    with torch.no_grad():
+        assert not global_stage.dense_mask_is_cheaper(batch_size=2, width=4)
+
+    seen = []
+    original = SegRetRelativePosition.forward
+
+    def recording(position, *args, **kwargs):
+        tables = original(position, *args, **kwargs)
+        if position.mode == "global":
+            seen.append(tables.decay_masks[0].shape)
+        return tables
+
+    pixel_values = torch.randn(1, 3, 64, 96)  # stage 3: 4 x 6 tokens
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegRetRelativePosition, "forward", recording)
+        model(pixel_values)
+        with torch.no_grad():
+            model(pixel_values)
+    tokens = 4 * 6
+    heads = global_stage.relative_position.num_heads
+    assert seen[0] == (1, heads, tokens, tokens)  # with gradients: dense
+    assert seen[2] == (4, heads, 6, tokens)  # without: the strided (H, B*N, W, H*W) view
+
+
 def test_tables_follow_the_model_dtype_and_device():
     position = stage_positions(SegRetForSemanticSegmentation(small_config()))[0]
     in_float64 = position(1, 8, 12, torch.float64, torch.device("cpu"))
@@ -272,8 +308,12 @@ def test_no_new_state_after_from_pretrained(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_gradients_equal_official_formulation():
-    """Forward and backward through the fused paths give the official formulation's loss and gradients."""
+@pytest.mark.parametrize("global_mask", ["dense", "strided"])
+def test_training_gradients_equal_official_formulation(global_mask, monkeypatch):
+    """Forward and backward through the fused paths give the official formulation's loss and gradients, with either
+    form of the global mask (training takes the dense one where it is the smaller, `dense_mask_is_cheaper`)."""
+    dense = global_mask == "dense"
+    monkeypatch.setattr(SegRetStage, "dense_mask_is_cheaper", lambda stage, batch_size, width: dense)
     config = small_config(drop_path_rate=0.0, decoder_dropout=0.0)
     model = trained_like(SegRetForSemanticSegmentation(config)).double().train()
     pixel_values = torch.randn(2, 3, 64, 96, dtype=torch.float64)
