@@ -168,11 +168,13 @@ class SegRetPositionTables(NamedTuple):
     `decay_masks` are additive attention masks, each 4-D so that `scaled_dot_product_attention` takes its fused
     kernels (a 3-D mask sends the CPU to the unfused path):
     - "decomposed": the masks along columns (1, N, H, H) and along rows (1, N, W, W);
-    - "global", `dense_global_mask=False` (eager SDPA): one mask (H, B*N, W, H*W): the queries of one image row (rows
-      in reverse order) against all keys in raster order. It is a strided view into a table of size B*N*W*(2H-1)*W,
-      so the quadratic (N, H*W, H*W) mask is never materialised (see `SegRetRelativePosition`);
-    - "global", `dense_global_mask=True` (traced graphs, explicit attention weights): the plain (1, N, H*W, H*W)
-      mask, the attention layout that ONNX's `Attention` operator and graph compilers take as it is.
+    - "global", `dense_global_mask=False` (eager SDPA without gradients, or with gradients on wide maps): one mask
+      (H, B*N, W, H*W): the queries of one image row (rows in reverse order) against all keys in raster order. It is
+      a strided view into a table of size B*N*W*(2H-1)*W, so the quadratic (N, H*W, H*W) mask is never materialised
+      (see `SegRetRelativePosition`);
+    - "global", `dense_global_mask=True` (traced graphs, explicit attention weights, and eager calls with gradients
+      where it is the smaller, `SegRetStage.dense_mask_is_cheaper`): the plain (1, N, H*W, H*W) mask, the attention
+      layout that ONNX's `Attention` operator and graph compilers take as it is.
     """
 
     rotation: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -193,8 +195,8 @@ class SegRetRelativePosition(nn.Module):
     with no size-dependent branch or cache, so `torch.export` and `torch.compile` see one graph for every input
     size. They are linear in the number of tokens: H*W angles per channel pair, and for the global mode a table of
     B*N*W*(2H-1)*W decay values (2 MB for SegRet-Tiny's stage 3 at 512², 66 MB per image at 1024×2048). The dense
-    global mask that traced graphs and explicit attention weights take is quadratic: N*(H*W)^2 values (32 MiB for
-    Tiny's stage 3 at 512², 2 GiB at 1024×2048).
+    global mask that traced graphs, explicit attention weights and training (where it is the smaller) take is
+    quadratic: N*(H*W)^2 values (32 MiB for Tiny's stage 3 at 512², 2 GiB at 1024×2048).
     """
 
     def __init__(self, head_dim: int, num_heads: int, init_value: float, head_range: float, mode: str) -> None:

@@ -54,6 +54,22 @@ def test_exported_program_with_dynamic_shapes_equals_eager(model_class):
             torch.testing.assert_close(value, reference, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_aot_inductor_package_with_static_shapes_equals_eager(tmp_path):
+    """AOTInductor compiles an exported program of fixed shape into a package that equals eager (docs/deployment.md;
+    with dynamic shapes inductor itself fails in torch 2.13, as it does for SegFormer)."""
+    model = trained_like(SegRetForSemanticSegmentation(tiny_config())).eval()
+    pixel_values = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        program = torch.export.export(model, (pixel_values,))
+        package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "segret.pt2"))
+        compiled = torch._inductor.aoti_load_package(package)
+        expected, actual = flat_outputs(model(pixel_values)), flat_outputs(compiled(pixel_values))
+    assert len(actual) == len(expected) > 0
+    for value, reference in zip(actual, expected):
+        torch.testing.assert_close(value, reference, rtol=0, atol=1e-5)
+
+
 def test_real_rotation_equals_the_complex_product():
     """The real-arithmetic rotation (compile/export) equals the complex one (eager) to float rounding."""
     position = SegRetForSemanticSegmentation(tiny_config()).segret.encoder.stages[0].relative_position
