@@ -131,6 +131,77 @@ def test_loss_gradient_matches_cross_entropy_at_label_size(config, memory_format
     torch.testing.assert_close(gradient, expected_gradient, rtol=1e-10, atol=1e-14)
 
 
+def test_loss_gradient_is_formed_once_and_behaves_as_autograd_would(config):
+    """The loss stores its gradient in the forward pass: repeated backward passes, inference without gradients,
+    second derivatives and autocast still behave as the autograd chain of interpolate + cross_entropy does."""
+    model = SegRetForSemanticSegmentation(config)
+
+    def reference_loss(logits, labels):
+        upsampled = nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return nn.functional.cross_entropy(upsampled, labels, ignore_index=255)
+
+    logits = torch.randn(2, 5, 8, 12, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 32, 48))
+    labels[0, :4] = 255
+
+    loss = model.compute_loss(logits, labels)
+    loss.backward(retain_graph=True)
+    first = logits.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(logits.grad, 2 * first)
+
+    with torch.no_grad():
+        torch.testing.assert_close(model.compute_loss(logits, labels), loss.detach())
+
+    # Second derivatives (create_graph=True) are autograd's: the same Hessian-vector product as the reference chain.
+    direction = torch.randn_like(logits)
+    hessian_vector_products = []
+    for loss_function in (model.compute_loss, reference_loss):
+        (gradient,) = torch.autograd.grad(loss_function(logits, labels), logits, create_graph=True)
+        hessian_vector_products.append(torch.autograd.grad((gradient * direction).sum(), logits)[0])
+    torch.testing.assert_close(gradient, first)
+    torch.testing.assert_close(*hessian_vector_products)
+    assert hessian_vector_products[0].abs().max() > 0
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_precision_logits = logits.detach().bfloat16().requires_grad_()
+        loss = model.compute_loss(low_precision_logits, labels)
+        upsampled = nn.functional.interpolate(low_precision_logits, size=(32, 48), mode="bilinear", align_corners=False)
+        expected = nn.functional.cross_entropy(upsampled, labels, ignore_index=255)
+    assert loss.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+    (gradient,) = torch.autograd.grad(loss, low_precision_logits)
+    assert gradient.dtype == torch.bfloat16
+    torch.testing.assert_close(gradient.float(), first, rtol=0, atol=0.01 * first.abs().max().item())
+
+
+def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
+    """torch.compile on CPU compiles the model but runs the loss eagerly (inductor's CPU kernels for it were 4x
+    slower, BENCHMARKS.md): no captured graph holds the log-softmax or the logits' upsampling to the labels."""
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    model = SegRetForSemanticSegmentation(config).train()
+    compiled = torch.compile(model, backend=recording_backend, dynamic=False)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 5, (2, 64, 64))
+    torch.manual_seed(0)  # the same dropout draws in both calls
+    loss = compiled(pixel_values, labels=labels).loss
+    loss.backward()
+
+    captured = "\n".join(  # with the subgraphs of higher-order operators (an autograd.Function's forward)
+        module.code for graph in graphs for module in graph.modules() if isinstance(module, torch.fx.GraphModule)
+    )
+    assert "scaled_dot_product_attention" in captured  # the model itself is captured
+    assert "log_softmax" not in captured and "cross_entropy" not in captured
+    torch.manual_seed(0)
+    torch.testing.assert_close(loss, model(pixel_values, labels=labels).loss)
+    assert all(parameter.grad is not None for parameter in model.parameters() if parameter.requires_grad)
+
+
 def test_zero_initialised_residuals_are_a_no_op_at_init(config):
     model = SegRetForSemanticSegmentation(config).eval()
     for residual in model.decode_head.zero_init_residuals:
