@@ -267,9 +267,7 @@ class SegRetRelativePosition(nn.Module):
             # Quadratic in the tokens, so formed in the tables' precision: a float64 product would double its memory,
             # and its per-block cast costs a compiled call more than it saves. Under autocast or TF32 its inputs are
             # rounded to the precision the attention then reads the mask in anyway.
-            dense_mask = outer_product(decay, distance).view(1, self.num_heads, tokens, tokens)
-            # No cast when the dtypes agree: inductor gave each retention block its own copy of a cast mask.
-            decay_masks = (dense_mask if dense_mask.dtype == dtype else dense_mask.to(dtype),)
+            decay_masks = (outer_product(decay, distance).to(dtype).view(1, self.num_heads, tokens, tokens),)
         else:
             decay = decay[:, None, None]
             # Between query (r, c) and key (r', c') the mask only depends on |r - r'| and (c, c'): table[.., c, j, c']
