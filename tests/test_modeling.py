@@ -15,6 +15,7 @@ from modeling_segret import (
     SegRetModel,
     segret_variant_config,
 )
+from modeling_segret.modeling_segret import upsampled_cross_entropy
 
 
 def count(module: nn.Module) -> int:
@@ -200,6 +201,21 @@ def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
     torch.manual_seed(0)
     torch.testing.assert_close(loss, model(pixel_values, labels=labels).loss)
     assert all(parameter.grad is not None for parameter in model.parameters() if parameter.requires_grad)
+
+
+@pytest.mark.slow
+def test_loss_compiled_by_inductor_equals_eager():
+    """Off the CPU, inductor compiles the loss's autograd function (forward with its in-place gradient, backward):
+    the same compilation run here on CPU gives eager's loss and gradient."""
+    logits = torch.randn(2, 5, 8, 12, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 32, 48))
+    labels[1, 3:9] = 255
+    compiled_loss = torch.compile(upsampled_cross_entropy, fullgraph=True)(logits, labels, 255)
+    (compiled_gradient,) = torch.autograd.grad(compiled_loss, logits)
+    eager_loss = upsampled_cross_entropy(logits, labels, 255)
+    (eager_gradient,) = torch.autograd.grad(eager_loss, logits)
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    torch.testing.assert_close(compiled_gradient, eager_gradient)
 
 
 def test_zero_initialised_residuals_are_a_no_op_at_init(config):
