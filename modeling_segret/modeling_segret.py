@@ -605,6 +605,47 @@ def runs_as_plain_layer(module: nn.Module, layer_type: type[nn.Module]) -> bool:
     )
 
 
+def upsample_linear_by(maps: torch.Tensor, dim: int, factor: int) -> torch.Tensor:
+    """Linear upsampling of `maps` along `dim` by an integer `factor`, as bilinear interpolation with
+    align_corners=False does it along one axis, written with slices instead of indices.
+
+    Output `factor * j + phase` lies at source position j + offset, offset = (2 * phase + 1 - factor) / (2 * factor),
+    between inputs j and j + 1 (offset >= 0) or j - 1 and j; the end positions are clamped (edge replicated).
+    """
+    length = maps.shape[dim]
+    padded = torch.cat((maps.narrow(dim, 0, 1), maps, maps.narrow(dim, length - 1, 1)), dim)  # index k holds k - 1
+    phases = []
+    for phase in range(factor):
+        offset = (2 * phase + 1 - factor) / (2 * factor)
+        if offset >= 0:
+            phases.append((1 - offset) * padded.narrow(dim, 1, length) + offset * padded.narrow(dim, 2, length))
+        else:
+            phases.append(-offset * padded.narrow(dim, 0, length) + (1 + offset) * padded.narrow(dim, 1, length))
+    return torch.stack(phases, dim + 1).flatten(dim, dim + 1)
+
+
+def upsample_decoded(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of decoder maps (B, C, h, w) to `size` (stride 4).
+
+    In a training step compiled for a CPU, integer factors are written as slices and weighted sums
+    (`upsample_linear_by`): inductor writes the backward of `F.interpolate` as an indexed accumulation that its CPU
+    code runs element by element (fused with the BatchNorm's backward: 0.48-0.54 s per compiled step at 512², batch 2,
+    where ATen's kernels take under 0.05 s), whereas the backward of slices is a gather it vectorises (0.02 s;
+    BENCHMARKS.md). Same function up to float rounding; eager mode, exports and other devices use `F.interpolate`.
+    """
+    height, width = maps.shape[-2:]
+    if (
+        torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and maps.requires_grad
+        and maps.device.type == "cpu"
+        and size[0] % height == 0
+        and size[1] % width == 0
+    ):
+        return upsample_linear_by(upsample_linear_by(maps, 3, size[1] // width), 2, size[0] // height)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
 class SegRetDecodeHead(nn.Module):
     """SegRet's lightweight residual decoder.
 
@@ -673,7 +714,7 @@ class SegRetDecodeHead(nn.Module):
         for stage_map, projection, residual in zip(stage_maps, self.linear_projections, self.zero_init_residuals):
             stage_decoded = projection(stage_map) + residual(stage_map)
             if stage_decoded.shape[2:] != output_size:
-                stage_decoded = F.interpolate(stage_decoded, size=output_size, mode="bilinear", align_corners=False)
+                stage_decoded = upsample_decoded(stage_decoded, output_size)
             decoded.append(stage_decoded)
         return torch.cat(decoded[::-1], dim=1)
 
@@ -713,7 +754,7 @@ class SegRetDecodeHead(nn.Module):
             # Upsampling a constant gives the same constant, so the summed bias joins the map at stride 4.
             stage_fused = F.conv2d(stage_map, weight, bias if fused is None else None)
             if stage_fused.shape[2:] != output_size:
-                stage_fused = F.interpolate(stage_fused, size=output_size, mode="bilinear", align_corners=False)
+                stage_fused = upsample_decoded(stage_fused, output_size)
             # In place also under autograd: no backward formula keeps a convolution's output.
             fused = stage_fused if fused is None else fused.add_(stage_fused)
         return fused

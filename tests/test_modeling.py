@@ -15,7 +15,7 @@ from modeling_segret import (
     SegRetModel,
     segret_variant_config,
 )
-from modeling_segret.modeling_segret import upsampled_cross_entropy
+from modeling_segret.modeling_segret import upsample_decoded, upsample_linear_by, upsampled_cross_entropy
 
 
 def count(module: nn.Module) -> int:
@@ -176,9 +176,19 @@ def test_loss_gradient_is_formed_once_and_behaves_as_autograd_would(config):
     torch.testing.assert_close(gradient.float(), first, rtol=0, atol=0.01 * first.abs().max().item())
 
 
+def captured_code(graphs: list[torch.fx.GraphModule]) -> str:
+    """The code of graphs recorded by a torch.compile backend, with the subgraphs of higher-order operators (an
+    autograd.Function's forward)."""
+    return "\n".join(
+        module.code for graph in graphs for module in graph.modules() if isinstance(module, torch.fx.GraphModule)
+    )
+
+
 def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
     """torch.compile on CPU compiles the model but runs the loss eagerly (inductor's CPU kernels for it were 4x
-    slower, BENCHMARKS.md): no captured graph holds the log-softmax or the logits' upsampling to the labels."""
+    slower, BENCHMARKS.md): no captured graph holds the log-softmax or the logits' upsampling to the labels. In a
+    training step the decoder's upsampling is captured as slices (`upsample_linear_by`), not `interpolate`, whose
+    backward inductor runs element by element on CPU; without gradients it stays `interpolate`."""
     graphs = []
 
     def recording_backend(graph_module, example_inputs):
@@ -193,14 +203,71 @@ def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
     loss = compiled(pixel_values, labels=labels).loss
     loss.backward()
 
-    captured = "\n".join(  # with the subgraphs of higher-order operators (an autograd.Function's forward)
-        module.code for graph in graphs for module in graph.modules() if isinstance(module, torch.fx.GraphModule)
-    )
+    captured = captured_code(graphs)
     assert "scaled_dot_product_attention" in captured  # the model itself is captured
     assert "log_softmax" not in captured and "cross_entropy" not in captured
+    assert "interpolate" not in captured
     torch.manual_seed(0)
     torch.testing.assert_close(loss, model(pixel_values, labels=labels).loss)
     assert all(parameter.grad is not None for parameter in model.parameters() if parameter.requires_grad)
+
+    graphs.clear()
+    with torch.no_grad():
+        compiled.eval()(pixel_values)
+    assert "interpolate" in captured_code(graphs)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 8])
+def test_upsampling_by_slices_equals_bilinear_interpolation(factor):
+    """The decoder's upsampling as compiled for CPU training: values and gradients of `F.interpolate` (bilinear,
+    align_corners=False), edges included, also for maps one pixel high."""
+    for height, width in [(5, 7), (1, 4), (16, 16)]:
+        maps = torch.randn(2, 3, height, width, dtype=torch.float64, requires_grad=True)
+        size = (height * factor, width * factor)
+        by_slices = upsample_linear_by(upsample_linear_by(maps, 3, factor), 2, factor)
+        interpolated = nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(by_slices, interpolated, rtol=0, atol=1e-14)
+        output_gradient = torch.randn_like(interpolated)
+        (slices_gradient,) = torch.autograd.grad(by_slices, maps, output_gradient)
+        (interpolate_gradient,) = torch.autograd.grad(interpolated, maps, output_gradient)
+        torch.testing.assert_close(slices_gradient, interpolate_gradient, rtol=0, atol=1e-13)
+
+
+def test_upsampling_under_compile_keeps_interpolate_where_the_factor_is_not_an_integer():
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(upsample_decoded, backend=recording_backend, fullgraph=True, dynamic=False)
+    for size, by_slices in [((32, 48), True), ((31, 47), False)]:
+        graphs.clear()
+        maps = torch.randn(1, 2, 8, 12, requires_grad=True)
+        upsampled = compiled(maps, size)
+        code = captured_code(graphs)
+        assert ("narrow" in code, "interpolate" in code) == (by_slices, not by_slices)
+        reference = nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(upsampled, reference)
+
+
+@pytest.mark.slow
+def test_compiled_training_step_equals_eager():
+    """Inductor's compiled training step on CPU (decoder upsampling as slices, loss outside the graph): the loss and
+    every parameter's gradient equal eager's to float32 rounding."""
+    model = SegRetForSemanticSegmentation(small_config(drop_path_rate=0.0, decoder_dropout=0.0)).train()
+    compiled_model = copy.deepcopy(model)
+    compiled = torch.compile(compiled_model, dynamic=False, options={"layout_optimization": False})
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 5, (2, 64, 64))
+    compiled_loss = compiled(pixel_values, labels=labels).loss
+    compiled_loss.backward()
+    eager_loss = model(pixel_values, labels=labels).loss
+    eager_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    gradients = dict(compiled_model.named_parameters())
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(gradients[name].grad, parameter.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
