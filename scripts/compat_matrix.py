@@ -4,7 +4,8 @@
 For each version, a small virtual environment is built once and cached in `.cache/compat-venvs/` (git ignores
 `.cache/`): `python -m venv --without-pip`, with the transformers wheel (downloaded once into `.cache/compat-wheels/`)
 extracted into it, and two `.pth` files: the first adds a shared layer in `.cache/compat-layers/` with the
-huggingface_hub / tokenizers versions that wheel requires (`pip install --target`, torch constrained to the installed
+huggingface_hub / tokenizers versions that wheel requires, and the release of each `OPTIONAL_INTEGRATIONS` package
+that the environment has which the wheel's extras accept (`pip install --target`, torch constrained to the installed
 version), the second the site-packages of the interpreter running this script (a virtualenv's or the system's,
 whichever holds torch, NumPy and Pillow), so they are reused, never installed again (checked). A venv built for
 another environment is rebuilt. A
@@ -89,19 +90,40 @@ def venv_python(version: str, name_suffix: str = "") -> Path:
     return VENVS / f"transformers-{version}{name_suffix}" / "bin" / "python"
 
 
-def _wheel_requirements(wheel: Path, names: tuple[str, ...]) -> list[str]:
-    """The `Requires-Dist` lines of a wheel for the given distributions (no extras)."""
+# Integrations that transformers uses whenever they are importable but declares only in an extra. The running
+# environment's copy may be a release an older transformers cannot use (transformers 5.25 requires `kernels` 0.19,
+# whose `LayerRepository` 5.1 calls with arguments it no longer accepts, failing `import transformers.pipelines`), so
+# where the environment has one, the layer holds the release that the tested wheel's extra accepts.
+OPTIONAL_INTEGRATIONS = ("kernels",)
+
+
+def _wheel_requirements(wheel: Path, names: tuple[str, ...], from_extras: bool = False) -> list[str]:
+    """The `Requires-Dist` lines of a wheel for the given distributions: its plain requirements, or with `from_extras`
+    the requirements its extras declare (markers removed, each once)."""
     with zipfile.ZipFile(wheel) as archive:
         metadata_name = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
         metadata = archive.read(metadata_name).decode()
     requirements = []
     for line in metadata.splitlines():
-        if line.startswith("Requires-Dist:") and "extra ==" not in line:
-            requirement = line.split(":", 1)[1].strip()
-            name = requirement.split("<")[0].split(">")[0].split("=")[0].split("!")[0].split(";")[0].strip()
-            if name.lower().replace("_", "-") in names:
-                requirements.append(requirement.replace(" ", ""))
+        if line.startswith("Requires-Dist:") and ("extra ==" in line) == from_extras:
+            requirement = line.split(":", 1)[1].split(";")[0].strip()
+            name = requirement.split("<")[0].split(">")[0].split("=")[0].split("!")[0].split("[")[0].strip()
+            requirement = requirement.replace(" ", "")
+            if name.lower().replace("_", "-") in names and requirement not in requirements:
+                requirements.append(requirement)
     return requirements
+
+
+def _installed_integrations() -> tuple[str, ...]:
+    """The `OPTIONAL_INTEGRATIONS` installed in the running environment."""
+    installed = []
+    for name in OPTIONAL_INTEGRATIONS:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+    return tuple(installed)
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -123,29 +145,37 @@ def ensure_venv(version: str, extra_requirements: tuple[str, ...] = (), name_suf
     named with `name_suffix`); returns its python. Raises RuntimeError on failure."""
     python = venv_python(version, name_suffix)
     venv_dir = python.parent.parent
-    stamp = json.dumps({"transformers": version, "environment": environment_site_packages()})
+    integrations = _installed_integrations()
+    stamp = json.dumps(
+        {"transformers": version, "environment": environment_site_packages(), "integrations": integrations}
+    )
     VENVS.mkdir(parents=True, exist_ok=True)
     with open(VENVS / f"{venv_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process (e.g. a parallel test run) may be building it
         complete = venv_dir / ".complete"
         if not complete.exists() or complete.read_text() != stamp:
-            _build_venv(version, venv_dir, extra_requirements)
+            _build_venv(version, venv_dir, extra_requirements, integrations)
             complete.write_text(stamp)
     return python
 
 
-def _build_venv(version: str, venv_dir: Path, extra_requirements: tuple[str, ...]) -> None:
+def _build_venv(
+    version: str, venv_dir: Path, extra_requirements: tuple[str, ...], integrations: tuple[str, ...]
+) -> None:
     """A venv without pip (fast to create) with the transformers wheel extracted into its own site-packages (a
     pure-Python wheel: extracting is installing) and two `.pth` files, read in name order, so the venv's own packages
-    come first, then a shared layer holding the huggingface_hub / tokenizers (+ extras) versions this transformers
-    accepts, then the running environment (torch, NumPy, Pillow). Only the venv's own site-packages is a site
-    folder: the `.pth` files of the running environment (e.g. an editable install of this package) are not run."""
+    come first, then a shared layer holding the huggingface_hub / tokenizers (+ `integrations`, + extra requirements)
+    versions this transformers accepts, then the running environment (torch, NumPy, Pillow). Only the venv's own
+    site-packages is a site folder: the `.pth` files of the running environment (e.g. an editable install of this
+    package) are not run."""
     _check(_run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv_dir)]), "venv")
     wheel = _download_wheel(version)
     site_packages = next(venv_dir.glob("lib/python*/site-packages"))
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site_packages)
-    layer = _ensure_layer((*_wheel_requirements(wheel, ("huggingface-hub", "tokenizers")), *extra_requirements))
+    requirements = _wheel_requirements(wheel, ("huggingface-hub", "tokenizers"))
+    requirements += _wheel_requirements(wheel, integrations, from_extras=True)
+    layer = _ensure_layer((*requirements, *extra_requirements))
     (site_packages / "segret-compat-1-layer.pth").write_text(f"{layer}\n")
     (site_packages / "segret-compat-2-environment.pth").write_text("\n".join(environment_site_packages()) + "\n")
     for directory in (site_packages, layer):

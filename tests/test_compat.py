@@ -7,6 +7,7 @@ The full matrix, every minor release, is `python scripts/compat_matrix.py` (docs
 import ast
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 
 import modeling_segret
 from modeling_segret import SegRetBackbone, SegRetForSemanticSegmentation, SegRetImageProcessor
-from scripts.compat_matrix import TEST_VERSIONS, ensure_venv, run_probe, save_reference
+from scripts.compat_matrix import TEST_VERSIONS, _wheel_requirements, ensure_venv, run_probe, save_reference
 
 OLDEST = TEST_VERSIONS[0]
 # The checks a user relies on; AutoBackbone from a local folder is the exception (docs/compatibility.md), tested
@@ -34,6 +35,23 @@ def reference_folder(tmp_path_factory) -> Path:
 
 def _failures(report: dict, names: tuple[str, ...]) -> dict:
     return {name: report["checks"][name] for name in names if not report["checks"][name]["ok"]}
+
+
+def test_venv_layer_takes_the_integration_release_the_wheel_accepts(tmp_path):
+    """An older transformers declares `kernels` only in extras; its venv's layer pins the release those accept, not
+    the environment's (transformers 5.25 requires kernels 0.19, which breaks 5.1's import of its pipelines)."""
+    wheel = tmp_path / "transformers-5.1.0-py3-none-any.whl"
+    metadata = (
+        "Requires-Dist: huggingface-hub<2.0,>=1.3.0\n"
+        'Requires-Dist: kernels<0.11,>=0.10.2; extra == "kernels"\n'
+        'Requires-Dist: kernels<0.11,>=0.10.2; extra == "all"\n'
+        'Requires-Dist: tokenizers<=0.23.0,>=0.22.0; extra == "tokenizers"\n'
+    )
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("transformers-5.1.0.dist-info/METADATA", metadata)
+    assert _wheel_requirements(wheel, ("huggingface-hub", "tokenizers")) == ["huggingface-hub<2.0,>=1.3.0"]
+    assert _wheel_requirements(wheel, ("kernels",), from_extras=True) == ["kernels<0.11,>=0.10.2"]
+    assert _wheel_requirements(wheel, ("kernels",)) == []
 
 
 @pytest.mark.slow
