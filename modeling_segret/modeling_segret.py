@@ -48,6 +48,72 @@ class SegRetDropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def _depthwise_conv_nhwc(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depth-wise convolution ("same" padding) of a contiguous (B, H, W, C) tensor into a contiguous (B, H, W, C)."""
+    channels_first = hidden_states.permute(0, 3, 1, 2)  # a view with channels-last strides, which the kernel keeps
+    output = F.conv2d(channels_first, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+    return output.permute(0, 2, 3, 1).contiguous()
+
+
+def _depthwise_conv_nhwc_backward(
+    grad_output: torch.Tensor, hidden_states: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of `_depthwise_conv_nhwc` with respect to its input, weight and bias (ATen's kernel, as in eager)."""
+    padding = weight.shape[-1] // 2
+    grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_output.permute(0, 3, 1, 2),
+        hidden_states.permute(0, 3, 1, 2),
+        weight,
+        [weight.shape[0]],
+        [1, 1],
+        [padding, padding],
+        [1, 1],
+        False,
+        [0, 0],
+        weight.shape[0],
+        [True, True, True],
+    )
+    return grad_input.permute(0, 2, 3, 1).contiguous(), grad_weight.contiguous(), grad_bias
+
+
+def _register_depthwise_conv_ops() -> None:
+    """Register `torch.ops.segret.depthwise_conv_nhwc` (and its backward) unless another copy of this file did.
+
+    These operators are opaque to torch.compile: a compiled CPU training step calls ATen's depth-wise kernels on the
+    channels-last tensors, as eager does. Inductor's own lowering of `convolution_backward` (torch 2.13) requires the
+    activations to take the stride order of the weight's gradient, which a depth-wise kernel (C, 1, k, k) leaves
+    ambiguous: it copied each saved input and gradient into (B, H, C, W) and (B, C, H, W) layouts and ran the kernel on
+    mixed layouts (a 3×3 depth-wise convolution's forward and backward, 192 channels, 128², batch 2: 88 ms compiled,
+    23 ms eager; BENCHMARKS.md). The model calls them only in compiled training on CPU, never in exports."""
+    if hasattr(torch.ops.segret, "depthwise_conv_nhwc"):  # the package and a Hub copy of it in one process
+        return
+    forward = torch.library.custom_op("segret::depthwise_conv_nhwc", mutates_args=())(_depthwise_conv_nhwc)
+    backward = torch.library.custom_op("segret::depthwise_conv_nhwc_backward", mutates_args=())(
+        _depthwise_conv_nhwc_backward
+    )
+    forward.register_fake(lambda hidden_states, weight, bias: torch.empty_like(hidden_states))
+    backward.register_fake(
+        lambda grad_output, hidden_states, weight: (
+            torch.empty_like(hidden_states),
+            torch.empty_like(weight),
+            weight.new_empty(weight.shape[0]),
+        )
+    )
+
+    def save_inputs(ctx, inputs, output) -> None:
+        hidden_states, weight, _ = inputs
+        ctx.save_for_backward(hidden_states, weight)
+
+    def gradients(ctx, grad_output):
+        hidden_states, weight = ctx.saved_tensors
+        return torch.ops.segret.depthwise_conv_nhwc_backward(grad_output.contiguous(), hidden_states, weight)
+
+    forward.register_autograd(gradients, setup_context=save_inputs)
+
+
+_register_depthwise_conv_ops()
+
+
 class SegRetDepthwiseConv(nn.Conv2d):
     """Depth-wise k×k convolution (with bias, "same" padding) applied to a channels-last tensor.
 
@@ -68,11 +134,22 @@ class SegRetDepthwiseConv(nn.Conv2d):
             taps = torch.arange(kernel_size * kernel_size, device=weight.device)
             centre_tap = (taps == taps.numel() // 2).to(weight.dtype).view(1, 1, kernel_size, kernel_size)
             weight = weight + centre_tap
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and torch.is_grad_enabled():
+            if hidden_states.device.type == "cpu":
+                return self.compiled_cpu_training_forward(hidden_states, weight)
         # (B, H, W, C) -> (B, C, H, W) is a view with channels-last strides, which the convolution keeps.
         output = F.conv2d(
             hidden_states.permute(0, 3, 1, 2), weight, self.bias, padding=self.padding, groups=self.groups
         )
         return output.permute(0, 2, 3, 1)
+
+    def compiled_cpu_training_forward(self, hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The same convolution through `torch.ops.segret.depthwise_conv_nhwc`, which inductor leaves to ATen (see
+        `_register_depthwise_conv_ops`). Under autocast the inputs are cast as autocast casts a convolution's."""
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden_states.dtype
+        return torch.ops.segret.depthwise_conv_nhwc(
+            hidden_states.to(dtype).contiguous(), weight.to(dtype), self.bias.to(dtype)
+        )
 
 
 class SegRetConvNormLayer(nn.Module):

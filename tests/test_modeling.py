@@ -15,7 +15,12 @@ from modeling_segret import (
     SegRetModel,
     segret_variant_config,
 )
-from modeling_segret.modeling_segret import upsample_decoded, upsample_linear_by, upsampled_cross_entropy
+from modeling_segret.modeling_segret import (
+    SegRetDepthwiseConv,
+    upsample_decoded,
+    upsample_linear_by,
+    upsampled_cross_entropy,
+)
 
 
 def count(module: nn.Module) -> int:
@@ -188,7 +193,8 @@ def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
     """torch.compile on CPU compiles the model but runs the loss eagerly (inductor's CPU kernels for it were 4x
     slower, BENCHMARKS.md): no captured graph holds the log-softmax or the logits' upsampling to the labels. In a
     training step the decoder's upsampling is captured as slices (`upsample_linear_by`), not `interpolate`, whose
-    backward inductor runs element by element on CPU; without gradients it stays `interpolate`."""
+    backward inductor runs element by element on CPU, and the depth-wise convolutions as the operator inductor leaves
+    to ATen; without gradients both stay the plain functions."""
     graphs = []
 
     def recording_backend(graph_module, example_inputs):
@@ -207,6 +213,9 @@ def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
     assert "scaled_dot_product_attention" in captured  # the model itself is captured
     assert "log_softmax" not in captured and "cross_entropy" not in captured
     assert "interpolate" not in captured
+    depthwise_layers = sum(isinstance(module, SegRetDepthwiseConv) for module in model.modules())
+    assert captured.count("segret.depthwise_conv_nhwc") == depthwise_layers > 0
+    other_convolutions = captured.count("conv2d(")
     torch.manual_seed(0)
     torch.testing.assert_close(loss, model(pixel_values, labels=labels).loss)
     assert all(parameter.grad is not None for parameter in model.parameters() if parameter.requires_grad)
@@ -214,7 +223,44 @@ def test_compiled_training_on_cpu_leaves_the_loss_to_aten(config):
     graphs.clear()
     with torch.no_grad():
         compiled.eval()(pixel_values)
-    assert "interpolate" in captured_code(graphs)
+    captured = captured_code(graphs)
+    assert "interpolate" in captured
+    assert "segret.depthwise_conv_nhwc" not in captured
+    assert captured.count("conv2d(") == other_convolutions + depthwise_layers
+
+
+def test_depthwise_conv_operator_equals_the_convolution():
+    """`torch.ops.segret.depthwise_conv_nhwc`, which compiled CPU training calls: the layer's values and gradients
+    (float64, identity tap included), a registration torch.library's own checks accept (schema, fake tensors whose
+    strides match the kernel's, autograd), and the autocast casts of a convolution."""
+    layer = SegRetDepthwiseConv(6, kernel_size=5, residual=True).double()
+    hidden_states = torch.randn(2, 7, 9, 6, dtype=torch.float64, requires_grad=True)
+    taps = torch.arange(25)
+    weight = layer.weight + (taps == 12).to(torch.float64).view(1, 1, 5, 5)
+    output_gradient = torch.randn(2, 7, 9, 6, dtype=torch.float64)
+    outputs = [layer(hidden_states), torch.ops.segret.depthwise_conv_nhwc(hidden_states, weight, layer.bias)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-14)
+    assert outputs[1].is_contiguous()
+    gradients = [
+        torch.autograd.grad(output, (hidden_states, layer.weight, layer.bias), output_gradient) for output in outputs
+    ]
+    for operator_gradient, layer_gradient in zip(gradients[1], gradients[0]):
+        torch.testing.assert_close(operator_gradient, layer_gradient, rtol=0, atol=1e-12)
+
+    arguments = (
+        torch.randn(2, 5, 6, 4, requires_grad=True),
+        torch.randn(4, 1, 3, 3, requires_grad=True),
+        torch.randn(4, requires_grad=True),
+    )
+    torch.library.opcheck(torch.ops.segret.depthwise_conv_nhwc.default, arguments)
+
+    layer = SegRetDepthwiseConv(4, kernel_size=3, residual=True)
+    weight = layer.weight + (torch.arange(9) == 4).float().view(1, 1, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = layer(arguments[0])
+        output = layer.compiled_cpu_training_forward(arguments[0], weight)
+    assert output.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(output, expected)
 
 
 @pytest.mark.parametrize("factor", [1, 2, 3, 4, 8])
