@@ -13,7 +13,7 @@ folder saved by the current environment is then loaded in each venv by `scripts/
 process where the `modeling_segret` package cannot be imported, and in the
 reverse direction a folder saved by each venv (with the package) is loaded by the current environment.
 
-    python scripts/compat_matrix.py                       # every minor release: 4.57.6, 5.0.0 ... 5.24.0
+    python scripts/compat_matrix.py                       # every minor release: 4.57.6, 5.0.0 ... 5.25.0
     python scripts/compat_matrix.py --versions 4.57.6 5.1.0
 
 It prints a Markdown table (the table of docs/compatibility.md) and writes the raw results as JSON.
@@ -69,10 +69,11 @@ MATRIX_VERSIONS = (
     "5.22.2",
     "5.23.0",
     "5.24.0",
+    "5.25.0",
 )
 # The versions the test suite checks: the oldest supported, an early 5.x (before the backend / strict-config changes)
 # and the newest.
-TEST_VERSIONS = ("4.57.6", "5.1.0", "5.24.0")
+TEST_VERSIONS = ("4.57.6", "5.1.0", "5.25.0")
 
 # The table's columns: probe check name -> heading.
 COLUMNS = {
