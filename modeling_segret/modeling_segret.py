@@ -48,11 +48,18 @@ class SegRetDropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def depthwise_conv_channels_last(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Depth-wise convolution ("same" padding) of a (B, H, W, C) tensor by a (C, 1, k, k) kernel, into (B, H, W, C)."""
+    # (B, H, W, C) -> (B, C, H, W) is a view with channels-last strides, which the convolution keeps.
+    output = F.conv2d(
+        hidden_states.permute(0, 3, 1, 2), weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0]
+    )
+    return output.permute(0, 2, 3, 1)
+
+
 def _depthwise_conv_nhwc(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Depth-wise convolution ("same" padding) of a contiguous (B, H, W, C) tensor into a contiguous (B, H, W, C)."""
-    channels_first = hidden_states.permute(0, 3, 1, 2)  # a view with channels-last strides, which the kernel keeps
-    output = F.conv2d(channels_first, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
-    return output.permute(0, 2, 3, 1).contiguous()
+    """`depthwise_conv_channels_last` of a contiguous tensor into a contiguous one (the operator's fixed strides)."""
+    return depthwise_conv_channels_last(hidden_states, weight, bias).contiguous()
 
 
 def _depthwise_conv_nhwc_backward(
@@ -134,14 +141,10 @@ class SegRetDepthwiseConv(nn.Conv2d):
             taps = torch.arange(kernel_size * kernel_size, device=weight.device)
             centre_tap = (taps == taps.numel() // 2).to(weight.dtype).view(1, 1, kernel_size, kernel_size)
             weight = weight + centre_tap
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and torch.is_grad_enabled():
-            if hidden_states.device.type == "cpu":
-                return self.compiled_cpu_training_forward(hidden_states, weight)
-        # (B, H, W, C) -> (B, C, H, W) is a view with channels-last strides, which the convolution keeps.
-        output = F.conv2d(
-            hidden_states.permute(0, 3, 1, 2), weight, self.bias, padding=self.padding, groups=self.groups
-        )
-        return output.permute(0, 2, 3, 1)
+        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        if compiling and torch.is_grad_enabled() and hidden_states.device.type == "cpu":
+            return self.compiled_cpu_training_forward(hidden_states, weight)
+        return depthwise_conv_channels_last(hidden_states, weight, self.bias)
 
     def compiled_cpu_training_forward(self, hidden_states: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The same convolution through `torch.ops.segret.depthwise_conv_nhwc`, which inductor leaves to ATen (see
